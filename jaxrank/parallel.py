@@ -72,10 +72,13 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """Shardings for a pytree of arrays or an ``nnx.State``, from the ``sharding`` metadata
     attached to parameters (``nnx.with_partitioning``); unannotated leaves are replicated."""
-    specs = nnx.get_partition_spec(state)
+
+    def to_sharding(spec: PartitionSpec | None) -> NamedSharding:
+        return NamedSharding(mesh, spec if isinstance(spec, PartitionSpec) else PartitionSpec())
+
     return jax.tree.map(
-        lambda spec: NamedSharding(mesh, spec if isinstance(spec, PartitionSpec) else PartitionSpec()),
-        specs,
+        to_sharding,
+        nnx.get_partition_spec(state),
         is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
     )
 

@@ -1,0 +1,93 @@
+"""The run folder's logs: metrics.jsonl, TensorBoard events and a progress bar.
+
+Logs are resume-aware: reopening at step s drops every record after s (metrics.jsonl rows and
+TensorBoard events via ``purge_step``), so a killed-and-resumed run leaves the same logs as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
+
+
+def _scalar(v: Any) -> float | int:
+    v = np.asarray(v)
+    return v.item() if v.ndim == 0 else float(v.mean())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A line cut short by a kill is the only expected damage: it is the last one.
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON object: {line[:80]!r}") from None
+    return rows
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    kept = [r for r in read_jsonl(path) if r.get("step", -1) <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Appends metric rows for one run; ``start_step`` is where training (re)starts."""
+
+    def __init__(
+        self, workdir: str | Path, start_step: int, total_steps: int, samples_per_step: int = 0
+    ):
+        self.workdir = Path(workdir)
+        self.samples_per_step = samples_per_step
+        self.metrics_path = self.workdir / "metrics.jsonl"
+        _truncate_jsonl(self.metrics_path, start_step)
+        self._writer = SummaryWriter(str(self.workdir / "tb"), purge_step=start_step + 1)
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+        self._last_time = time.perf_counter()
+        self._last_step = start_step
+
+    def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "train") -> dict:
+        """Record one row (arrays reduced to scalars) and advance the progress bar."""
+        now = time.perf_counter()
+        row: dict[str, Any] = {"step": int(step)}
+        row.update({f"{prefix}/{k}": _scalar(v) for k, v in metrics.items()})
+        if step > self._last_step and prefix == "train":
+            steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+            row["train/steps_per_s"] = steps_per_s
+            if self.samples_per_step:
+                row["train/samples_per_s"] = steps_per_s * self.samples_per_step
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                self._writer.add_scalar(key, value, step)
+        if prefix == "train":
+            self._bar.update(step - self._last_step)
+            shown = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in row.items() if k != "step"}
+            self._bar.set_postfix(shown, refresh=False)
+            self._last_time, self._last_step = now, step
+        return row
+
+    def close(self) -> None:
+        self._bar.close()
+        self._writer.close()

@@ -1,0 +1,71 @@
+"""The train state and the one jitted update every recipe shares.
+
+A recipe supplies ``loss_fn(params, batch, rng, frozen) -> (loss, metrics)``; this module turns
+it into ``step(state, batch, frozen) -> (state, metrics)``: gradient, optax update and a guard
+that freezes the state at the first non-finite loss or gradient, so the host (which only looks
+every few steps) can stop the run with the last good parameters intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[[Any, Any, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: steps taken (the host loop's counter)
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data, so orbax stores it like any array
+    first_bad_step: jax.Array  # int32 scalar, -1 while every loss so far was finite
+
+    @classmethod
+    def create(cls, params: Any, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            rng=jax.random.key_data(jax.random.key(seed)),
+            first_bad_step=jnp.full((), -1, jnp.int32),
+        )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step; the caller jits it with its shardings and donates the state."""
+
+    def step(state: TrainState, batch: Any, frozen: Any = None):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, rng, frozen
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(loss) & _all_finite(grads) & (state.first_bad_step < 0)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            first_bad_step=jnp.where(
+                ok | (state.first_bad_step >= 0), state.first_bad_step, state.step
+            ),
+        )
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return new_state, metrics
+
+    return step
