@@ -1,0 +1,111 @@
+"""``jaxrank <command>``: train, evaluate and inspect experiments defined by config files.
+
+Known failure modes (a bad config key, an unusable workdir, a broken checkpoint, a diverged
+loss, malformed data) end with one ``jaxrank: error:`` message and exit status 2, not a
+traceback from inside JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from jaxrank.checkpoint import CheckpointError
+from jaxrank.configs import ConfigError, apply_overrides, load_config_file
+from jaxrank.trainer import NonFiniteLossError
+from jaxrank.workdir import WorkdirError
+
+RECIPES = {"contrastive": "jaxrank.recipes.contrastive"}
+USER_ERRORS = (ConfigError, WorkdirError, CheckpointError, NonFiniteLossError, FileNotFoundError)
+
+
+def _split_overrides(extra: Sequence[str]) -> list[str]:
+    """Collect ``--config.a.b=v`` and ``--config.a.b v``; anything else is a usage error."""
+    overrides, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--config."):
+            raise ConfigError(
+                f"unrecognised argument {item!r} (overrides look like --config.a.b=v)"
+            )
+        body = item[len("--config.") :]
+        if "=" not in body:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"override {item!r} has no value")
+            body, i = f"{body}={extra[i + 1]}", i + 1
+        overrides.append(body)
+        i += 1
+    return overrides
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str]):
+    path, _, arg = args.config.partition(":")
+    return apply_overrides(load_config_file(path, arg or None), _split_overrides(extra))
+
+
+def _recipe(cfg):
+    name = cfg.get("recipe", None)
+    if name not in RECIPES:
+        raise ConfigError(f"config key 'recipe' is {name!r}; expected one of {sorted(RECIPES)}")
+    return importlib.import_module(RECIPES[name])
+
+
+def _train(args, extra) -> None:
+    cfg = _config(args, extra)
+    _recipe(cfg).train_and_evaluate(cfg, args.workdir)
+
+
+def _evaluate(args, extra) -> None:
+    cfg = _config(args, extra)
+    _recipe(cfg).evaluate_workdir(cfg, args.workdir)
+
+
+def _gallery(args, extra) -> None:
+    from jaxrank.data.gallery import world_gallery
+    from jaxrank.data.synthetic import SyntheticWorld, WorldConfig, query_preset
+
+    cfg = _config(args, extra)
+    world = SyntheticWorld(WorldConfig(**cfg.world.to_dict()))
+    world_gallery(world, query_preset(args.preset), args.n, args.out)
+    print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxrank", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = "experiment config file (FILE or FILE:ARG); override keys with --config.a.b=v"
+
+    train = sub.add_parser("train", help="train (or resume) and evaluate; writes the run folder")
+    train.add_argument("--config", required=True, help=config_help)
+    train.add_argument("--workdir", required=True, help="run folder (its parent must exist)")
+    train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate the latest checkpoint of a run folder")
+    evaluate.add_argument("--config", required=True, help=config_help)
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.set_defaults(run=_evaluate)
+
+    gallery = sub.add_parser("gallery", help="render a PNG of synthetic queries with their boxes")
+    gallery.add_argument("--config", required=True, help=config_help)
+    gallery.add_argument("--preset", default="default", help="query difficulty preset")
+    gallery.add_argument("--n", type=int, default=16)
+    gallery.add_argument("--out", required=True, help="PNG path")
+    gallery.set_defaults(run=_gallery)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        args.run(args, extra)
+    except USER_ERRORS as e:
+        print(f"jaxrank: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install jaxrank with the given extras (re-installs only when pyproject.toml
+# changed). Usage: source scripts/setup_env.sh [extras]   e.g. "test"
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+extras="${1:-}"
+python3 -m venv --help >/dev/null 2>&1 || { echo "python3 with venv is required" >&2; exit 1; }
+[ -x "$root/.venv/bin/python" ] || python3 -m venv "$root/.venv"
+stamp="$root/.venv/.jaxrank-installed-${extras:-base}"
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$root/.venv/bin/python" -m pip install -q --upgrade pip
+  spec="$root"; [ -n "$extras" ] && spec="$root[$extras]"
+  "$root/.venv/bin/python" -m pip install -q -e "$spec"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: set up .venv with the test extras, lint, then run pytest on 2 workers.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/scripts/setup_env.sh" test
+cd "$root"
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -n 2 --dist loadfile -q "$@"
