@@ -1,6 +1,5 @@
 import json
 
-import ml_collections
 import pytest
 
 from jaxrank import configs
@@ -67,7 +66,7 @@ def test_wrong_type_and_group_and_syntax_errors(config_path):
         configs.apply_overrides(cfg, ["train.steps=abc"])
     with pytest.raises(configs.ConfigError, match="is a group"):
         configs.apply_overrides(cfg, ["train=3"])
-    with pytest.raises(configs.ConfigError, match="key.path=value"):
+    with pytest.raises(configs.ConfigError, match=r"key\.path=value"):
         configs.apply_overrides(cfg, ["train.steps"])
 
 
@@ -89,6 +88,6 @@ def test_workdir_needs_parent_and_same_config(tmp_path, config_path):
     run = prepare_workdir(tmp_path / "run", cfg)
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 10
     prepare_workdir(tmp_path / "run", cfg)  # same config: resume is allowed
-    changed = configs.apply_overrides(ml_collections.ConfigDict(cfg), ["train.steps=11"])
-    with pytest.raises(WorkdirError, match="train.steps: 10 -> 11"):
+    changed = configs.apply_overrides(cfg.copy_and_resolve_references(), ["train.steps=11"])
+    with pytest.raises(WorkdirError, match=r"train\.steps: 10 -> 11"):
         prepare_workdir(tmp_path / "run", changed)
