@@ -1,0 +1,82 @@
+"""End-of-run results: ``report.json`` for machines, ``report.md`` with tables and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from jaxrank.runlog import read_jsonl  # noqa: E402
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str = "github") -> str:
+    """Rows of dicts as a table; floats with 3 decimals (``fmt``: any tabulate format)."""
+    body = [[row.get(c, "") for c in columns] for row in rows]
+    return tabulate(body, headers=list(columns), tablefmt=fmt, floatfmt=".3f")
+
+
+def plot_curves(
+    metrics_path: str | Path, keys: Sequence[str], out: str | Path, title: str
+) -> Path | None:
+    """One panel per metric key of ``metrics.jsonl`` against step; None when nothing to plot."""
+    rows = read_jsonl(metrics_path)
+    present = [k for k in keys if any(k in r for r in rows)]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3), squeeze=False)
+    for ax, key in zip(axes[0], present, strict=True):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points, strict=True), marker=".", linewidth=1)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_bars(
+    groups: Mapping[str, Mapping[str, float]], out: str | Path, title: str, ylabel: str
+) -> Path:
+    """Grouped bars: ``groups[group][series] = value``."""
+    names = list(groups)
+    series = list(dict.fromkeys(s for g in groups.values() for s in g))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.2))
+    for i, s in enumerate(series):
+        xs = [j + i * width for j in range(len(names))]
+        ax.bar(xs, [groups[n].get(s, 0.0) for n in names], width, label=s)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(names))], names)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def write_report(workdir: str | Path, results: Mapping[str, Any], markdown: str) -> None:
+    workdir = Path(workdir)
+    _atomic_write(workdir / "report.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    _atomic_write(workdir / "report.md", markdown)
