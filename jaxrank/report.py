@@ -8,13 +8,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
+from tabulate import tabulate
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from jaxrank.runlog import read_jsonl  # noqa: E402
+from jaxrank.runlog import read_jsonl
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -37,7 +34,8 @@ def plot_curves(
     present = [k for k in keys if any(k in r for r in rows)]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3), squeeze=False)
+    fig = Figure(figsize=(4 * len(present), 3))
+    axes = fig.subplots(1, len(present), squeeze=False)
     for ax, key in zip(axes[0], present, strict=True):
         points = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot(*zip(*points, strict=True), marker=".", linewidth=1)
@@ -48,7 +46,6 @@ def plot_curves(
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
@@ -59,7 +56,8 @@ def plot_bars(
     names = list(groups)
     series = list(dict.fromkeys(s for g in groups.values() for s in g))
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.2))
+    fig = Figure(figsize=(1.6 * len(names) + 2, 3.2))
+    ax = fig.subplots()
     for i, s in enumerate(series):
         xs = [j + i * width for j in range(len(names))]
         ax.bar(xs, [groups[n].get(s, 0.0) for n in names], width, label=s)
@@ -72,7 +70,6 @@ def plot_bars(
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
