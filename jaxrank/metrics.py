@@ -14,7 +14,8 @@ relevant.
 Conventions: ``recall_at_k`` is the hit rate used by the E-VQA, InfoSeek and M-BEIR papers (1 if
 any relevant candidate is in the top k); ``fraction_recall_at_k`` is the textbook recall that
 ranx and trec_eval call ``recall``. ``ndcg`` uses graded labels linearly, gain / log2(rank + 1),
-which is ranx's ``ndcg`` (Järvelin & Kekäläinen), not ``ndcg_burges`` (2^gain - 1).
+which is ranx's ``ndcg`` (Järvelin & Kekäläinen), not ``ndcg_burges`` (2^gain - 1). Any label
+> 0 is relevant; ranx's default keeps only labels >= 1, so fractional grades below 1 differ.
 """
 
 from __future__ import annotations
