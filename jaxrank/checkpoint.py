@@ -25,12 +25,17 @@ def _abstract(tree: Any) -> Any:
     )
 
 
+def _names(path: tuple) -> tuple[str, ...]:
+    """A key path as plain names, so a dataclass field and the dict key it was saved as agree."""
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def _shape_mismatches(saved: Any, target: Any) -> list[str]:
-    saved_flat = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
+    saved_flat = {_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
-        name = jax.tree_util.keystr(path)
-        got = saved_flat.get(path)
+        name = ".".join(_names(path))
+        got = saved_flat.get(_names(path))
         if got is None:
             out.append(f"{name}: missing from the checkpoint")
         elif tuple(got.shape) != tuple(leaf.shape) or got.dtype != leaf.dtype:
@@ -49,7 +54,11 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Handlers named up front, so a fresh manager can read an old checkpoint's metadata.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -93,3 +102,9 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
