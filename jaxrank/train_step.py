@@ -65,7 +65,7 @@ def make_train_step(
                 ok | (state.first_bad_step >= 0), state.first_bad_step, state.step
             ),
         )
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return new_state, metrics
 
     return step

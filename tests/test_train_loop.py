@@ -111,6 +111,6 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
     (directory / "5" / "state" / "_METADATA").write_text("{ truncated")
     with (
         Checkpointer(directory) as checkpointer,
-        pytest.raises(CheckpointError, match="checkpoints/5 is (corrupt|unreadable)"),
+        pytest.raises(CheckpointError, match=r"checkpoints/5 is (corrupt|unreadable)"),
     ):
         checkpointer.restore(like)
