@@ -1,0 +1,39 @@
+"""Flax NNX models: the CLIP/SigLIP-style dual encoder and its parts."""
+
+from jaxrank.models.dual_encoder import (
+    DualEncoder,
+    DualEncoderConfig,
+    DualEncoderOutput,
+    l2_normalize,
+)
+from jaxrank.models.presets import (
+    clip_vit_b16,
+    clip_vit_l14_336,
+    siglip_base_patch16_224,
+    tiny_clip,
+    tiny_siglip,
+)
+from jaxrank.models.text import TextConfig, TextTransformer
+from jaxrank.models.transformer import MLP, Encoder, EncoderBlock, MultiHeadAttention
+from jaxrank.models.vit import AttentionPoolingHead, VisionConfig, VisionTransformer
+
+__all__ = [
+    "MLP",
+    "AttentionPoolingHead",
+    "DualEncoder",
+    "DualEncoderConfig",
+    "DualEncoderOutput",
+    "Encoder",
+    "EncoderBlock",
+    "MultiHeadAttention",
+    "TextConfig",
+    "TextTransformer",
+    "VisionConfig",
+    "VisionTransformer",
+    "clip_vit_b16",
+    "clip_vit_l14_336",
+    "l2_normalize",
+    "siglip_base_patch16_224",
+    "tiny_clip",
+    "tiny_siglip",
+]

@@ -1,0 +1,136 @@
+"""Two-tower image/text encoder with a learned temperature (CLIP) and optional bias (SigLIP).
+
+Embeddings come back L2-normalised in float32 whatever the compute dtype, so that cosine scores,
+rankings and search indexes do not depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+from jax.typing import DTypeLike
+
+from jaxrank.models.text import TextConfig, TextTransformer
+from jaxrank.models.validation import require_choice, require_positive
+from jaxrank.models.vit import VisionConfig, VisionTransformer
+
+_FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DualEncoderConfig:
+    """Both towers plus the shared embedding space.
+
+    Each tower's pooled vector goes through a linear projection to ``embed_dim`` unless its
+    ``*_projection`` flag is off (SigLIP's image tower), in which case its width must already be
+    ``embed_dim``. Logits are ``exp(logit_scale) * cosine + logit_bias``.
+    """
+
+    vision: VisionConfig
+    text: TextConfig
+    embed_dim: int
+    vision_projection: bool = True
+    text_projection: bool = True
+    projection_bias: bool = False
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_bias_init: float | None = None
+    dtype: DTypeLike = jnp.float32
+    param_dtype: DTypeLike = jnp.float32
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        require_positive(owner, embed_dim=self.embed_dim)
+        for name in ("dtype", "param_dtype"):
+            value = getattr(self, name)
+            try:
+                dtype_name = jnp.dtype(value).name
+            except TypeError as err:
+                raise ValueError(f"{owner}.{name}={value!r} is not a dtype") from err
+            require_choice(owner, name, dtype_name, _FLOAT_DTYPES)
+        for tower, projected in (
+            ("vision", self.vision_projection),
+            ("text", self.text_projection),
+        ):
+            width = getattr(self, tower).width
+            if not projected and width != self.embed_dim:
+                raise ValueError(
+                    f"{owner}.embed_dim={self.embed_dim} must equal {tower}.width={width} "
+                    f"when {tower}_projection=False"
+                )
+
+
+@struct.dataclass
+class DualEncoderOutput:
+    """Unit-norm embeddings [B, D] (float32) and the raw (log-space) logit scale and bias."""
+
+    image_embeds: jax.Array
+    text_embeds: jax.Array
+    logit_scale: jax.Array
+    logit_bias: jax.Array | None
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Unit vectors along ``axis``, computed and returned in float32."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-24))
+
+
+class DualEncoder(nnx.Module):
+    """Image tower, text tower and their projections into one embedding space."""
+
+    def __init__(self, config: DualEncoderConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtypes = {"dtype": config.dtype, "param_dtype": config.param_dtype}
+        self.vision = VisionTransformer(config.vision, **dtypes, rngs=rngs)
+        self.text = TextTransformer(config.text, **dtypes, rngs=rngs)
+
+        def projection(width: int, enabled: bool) -> nnx.Linear | None:
+            if not enabled:
+                return None
+            return nnx.Linear(
+                width, config.embed_dim, use_bias=config.projection_bias, **dtypes, rngs=rngs
+            )
+
+        self.vision_projection = projection(config.vision.width, config.vision_projection)
+        self.text_projection = projection(config.text.width, config.text_projection)
+        self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init, config.param_dtype))
+        self.logit_bias = (
+            None
+            if config.logit_bias_init is None
+            else nnx.Param(jnp.asarray(config.logit_bias_init, config.param_dtype))
+        )
+
+    def encode_image(self, pixels: jax.Array) -> jax.Array:
+        """Pixels [B, H, W, C] (channels-last, normalised) -> unit embeddings [B, D] float32."""
+        pooled, _ = self.vision(pixels)
+        if self.vision_projection is not None:
+            pooled = self.vision_projection(pooled)
+        return l2_normalize(pooled)
+
+    def encode_text(self, token_ids: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Token ids [B, L] (+ mask, 1 = real token) -> unit embeddings [B, D] float32."""
+        pooled, _ = self.text(token_ids, mask)
+        if self.text_projection is not None:
+            pooled = self.text_projection(pooled)
+        return l2_normalize(pooled)
+
+    def encode_pair(
+        self, pixels: jax.Array, token_ids: jax.Array, mask: jax.Array | None = None
+    ) -> jax.Array:
+        """One embedding for an entry that has both an image and a text (Region-R1's candidate):
+        the normalised sum of the two unit embeddings."""
+        return l2_normalize(self.encode_image(pixels) + self.encode_text(token_ids, mask))
+
+    def __call__(
+        self, pixels: jax.Array, token_ids: jax.Array, mask: jax.Array | None = None
+    ) -> DualEncoderOutput:
+        return DualEncoderOutput(
+            image_embeds=self.encode_image(pixels),
+            text_embeds=self.encode_text(token_ids, mask),
+            logit_scale=self.logit_scale[...],
+            logit_bias=None if self.logit_bias is None else self.logit_bias[...],
+        )
