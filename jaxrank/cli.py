@@ -64,10 +64,10 @@ def _evaluate(args, extra) -> None:
 
 def _gallery(args, extra) -> None:
     from jaxrank.data.gallery import world_gallery
-    from jaxrank.data.synthetic import SyntheticWorld, WorldConfig, query_preset
+    from jaxrank.data.synthetic import World, WorldConfig, query_preset
 
     cfg = _config(args, extra)
-    world = SyntheticWorld(WorldConfig(**cfg.world.to_dict()))
+    world = World(WorldConfig(**cfg.world.to_dict()))
     world_gallery(world, query_preset(args.preset), args.n, args.out)
     print(f"wrote {args.out}")
 

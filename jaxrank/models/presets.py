@@ -40,8 +40,9 @@ def tiny_clip(
     max_len: int = 16,
     embed_dim: int = 32,
     dtype: DTypeLike = jnp.float32,
+    eos_token_id: int | None = None,
 ) -> DualEncoderConfig:
-    """CLIP's layout at toy size; the end-of-text token is the largest id (``vocab_size - 1``)."""
+    """CLIP's layout at toy size; the end-of-text token defaults to the largest id."""
     return DualEncoderConfig(
         vision=VisionConfig(image_size, patch_size, width, depth, heads, mlp_dim=4 * width),
         text=TextConfig(
@@ -51,7 +52,7 @@ def tiny_clip(
             depth,
             heads,
             mlp_dim=4 * width,
-            eos_token_id=vocab_size - 1,
+            eos_token_id=vocab_size - 1 if eos_token_id is None else eos_token_id,
         ),
         embed_dim=embed_dim,
         dtype=dtype,

@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxrank import imaging, losses, parallel, report, retrieval_eval
 from jaxrank.data.synthetic import World, WorldConfig, query_preset, world_vocabulary
+from jaxrank.data.vocabulary import EOS
 from jaxrank.models.dual_encoder import DualEncoder
 from jaxrank.models.presets import tiny_clip, tiny_siglip
 from jaxrank.train_step import TrainState, make_train_step
@@ -38,9 +39,11 @@ def build_world(cfg: ml_collections.ConfigDict) -> World:
 def build_model(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> DualEncoder:
     model_cfg = cfg.model.to_dict()
     family = model_cfg.pop("family")
-    vocab = world_vocabulary()
-    factory = FAMILIES[family]
-    config = factory(**model_cfg, vocab_size=vocab.size)
+    if family == "clip":
+        model_cfg["eos_token_id"] = EOS
+    else:  # SigLIP has no image projection: its embedding width is the tower width.
+        model_cfg.pop("embed_dim")
+    config = FAMILIES[family](**model_cfg, vocab_size=world_vocabulary().size)
     with jax.set_mesh(mesh):
         return DualEncoder(config, rngs=nnx.Rngs(cfg.seed))
 
