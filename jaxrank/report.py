@@ -65,7 +65,7 @@ def plot_bars(
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out = Path(out)

@@ -83,7 +83,11 @@ class RunLog:
                 self._writer.add_scalar(key, value, step)
         if prefix == "train":
             self._bar.update(step - self._last_step)
-            shown = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in row.items() if k != "step"}
+            shown = {
+                k.split("/", 1)[1]: f"{row[k]:.4g}"
+                for k in ("train/loss", "train/samples_per_s")
+                if k in row
+            }
             self._bar.set_postfix(shown, refresh=False)
             self._last_time, self._last_step = now, step
         return row
