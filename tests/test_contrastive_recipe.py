@@ -1,0 +1,129 @@
+"""The contrastive recipe end to end: sharding equivalence, CLI errors, kill-and-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrank import cli, parallel
+from jaxrank.configs import apply_overrides, load_config_file
+from jaxrank.recipes import contrastive
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "contrastive" / "synthetic.py"
+TINY = [
+    "world.num_entities=32",
+    "model.width=32",
+    "model.depth=1",
+    "model.heads=2",
+    "model.embed_dim=16",
+    "train.batch_size=16",
+    "train.warmup_steps=2",
+    "train.data_threads=1",
+    "eval.num_queries=16",
+    "eval.batch_size=16",
+    "eval.presets=('default',)",
+]
+
+
+def tiny_config(*extra):
+    return apply_overrides(load_config_file(CONFIG), [*TINY, *extra])
+
+
+def one_step(cfg, mesh):
+    world = contrastive.build_world(cfg)
+    model = contrastive.build_model(cfg, mesh)
+    from flax import nnx
+
+    from jaxrank.train_step import TrainState, make_train_step
+
+    graphdef, params = nnx.split(model, nnx.Param)
+    optimizer = contrastive.make_optimizer(cfg.train)
+    state = TrainState.create(params, optimizer, cfg.seed)
+    batch = next(iter(contrastive.training_data(world, cfg)))
+    kb = parallel.put_replicated(contrastive.knowledge_base(world, cfg), mesh)
+    step = jax.jit(make_train_step(contrastive.make_loss(graphdef, cfg), optimizer))
+    with jax.set_mesh(mesh):
+        for _ in range(2):
+            state, metrics = step(state, parallel.shard_batch(batch, mesh), kb)
+    return jax.device_get((state.params, metrics["loss"]))
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
+def test_sharded_steps_equal_single_device(shape):
+    cfg = tiny_config()
+    single_params, single_loss = one_step(cfg, parallel.make_mesh(1, 1, jax.devices()[:1]))
+    params, loss = one_step(cfg, parallel.make_mesh(*shape))
+    np.testing.assert_allclose(loss, single_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def run_cli(capsys, *args):
+    code = cli.main(["train", "--config", str(CONFIG), *args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_unknown_key_and_missing_parent(capsys, tmp_path):
+    code, err = run_cli(capsys, "--workdir", str(tmp_path / "r"), "--config.train.stepz=3")
+    assert code == 2 and "unknown config key 'train.stepz'" in err and "train.steps" in err
+    code, err = run_cli(capsys, "--workdir", str(tmp_path / "missing" / "r"))
+    assert code == 2 and "parent folder of workdir" in err
+
+
+def test_cli_nan_loss_stops_with_message(capsys, tmp_path):
+    overrides = [f"--config.{o}" for o in TINY]
+    code, err = run_cli(
+        capsys,
+        "--workdir",
+        str(tmp_path / "r"),
+        *overrides,
+        "--config.train.steps=20",
+        "--config.train.log_every=5",
+        "--config.train.checkpoint_every=5",
+        "--config.train.learning_rate=1e38",
+        "--config.train.grad_clip=1e38",
+    )
+    assert code == 2 and "became NaN/inf" in err and "Last good checkpoint" in err
+
+
+def _train_cmd(workdir, steps):
+    overrides = [f"--config.{o}" for o in TINY]
+    return [
+        sys.executable, "-m", "jaxrank.cli", "train", "--config", str(CONFIG),
+        "--workdir", str(workdir), *overrides, f"--config.train.steps={steps}",
+        "--config.train.log_every=5", "--config.train.checkpoint_every=10",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_same_results(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    steps = 60
+    subprocess.run(_train_cmd(tmp_path / "straight", steps), env=env, check=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, steps), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "20").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 20"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "report.json").exists()
+    subprocess.run(_train_cmd(killed, steps), env=env, check=True, timeout=600)
+
+    reports = [json.loads((d / "report.json").read_text()) for d in (tmp_path / "straight", killed)]
+    assert reports[0]["retrieval"] == reports[1]["retrieval"]
+    losses = [
+        [(r["step"], r["train/loss"]) for r in map(json.loads, (d / "metrics.jsonl").open())]
+        for d in (tmp_path / "straight", killed)
+    ]
+    assert losses[0] == losses[1]
