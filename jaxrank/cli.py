@@ -14,11 +14,20 @@ from collections.abc import Sequence
 
 from jaxrank.checkpoint import CheckpointError
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
+from jaxrank.search import cli as search_cli
+from jaxrank.search.errors import SearchError
 from jaxrank.trainer import NonFiniteLossError
 from jaxrank.workdir import WorkdirError
 
 RECIPES = {"contrastive": "jaxrank.recipes.contrastive"}
-USER_ERRORS = (ConfigError, WorkdirError, CheckpointError, NonFiniteLossError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    WorkdirError,
+    CheckpointError,
+    NonFiniteLossError,
+    SearchError,
+    FileNotFoundError,
+)
 
 
 def _split_overrides(extra: Sequence[str]) -> list[str]:
@@ -93,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--n", type=int, default=16)
     gallery.add_argument("--out", required=True, help="PNG path")
     gallery.set_defaults(run=_gallery)
+
+    search_cli.add_commands(sub, config_help, _config)
     return parser
 
 
