@@ -78,7 +78,7 @@ def exact_block_topk(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 def local_topk(
     queries: jax.Array,
     vectors: jax.Array,
-    bias: jax.Array,
+    bias: jax.Array | None,
     n_valid: jax.Array,
     *,
     k: int,
@@ -90,7 +90,10 @@ def local_topk(
     """Best ``k`` of ``queries · vectorsᵀ + bias`` over the first ``n_valid`` rows, best first.
 
     Scans ``block``-row slices with a running top-k; returns ``(scores [Q, k] float32, rows
-    [Q, k] int32)``, with ``(-inf, NO_ROW)`` in slots the rows could not fill. ``mode='approx'``
+    [Q, k] int32)``, with ``(-inf, NO_ROW)`` in slots the rows could not fill. ``bias=None``
+    means zero. Only the block holding row ``n_valid`` pays for masking; a full block goes
+    from the matmul straight to the top-k (each extra pass over a ``[Q, block]`` score matrix
+    costs several percent of the matmul on CPU). ``mode='approx'``
     takes each block's candidates with ``lax.approx_max_k`` sized for ``global_rows`` rows in
     all, so its recall target holds for the whole database (XLA's CPU and GPU backends compute
     it exactly).
@@ -111,14 +114,23 @@ def local_topk(
             reduction_input_size_override=global_rows or -1,
         )
 
+    def block_candidates(start: jax.Array, masked: bool) -> tuple[jax.Array, jax.Array]:
+        scores = _product(queries, lax.dynamic_slice_in_dim(vectors, start, block))
+        if bias is not None:
+            scores = scores + lax.dynamic_slice_in_dim(bias, start, block)[None, :]
+        if masked:
+            filled = lax.broadcasted_iota(jnp.int32, (1, block), 1) < n_valid - start
+            scores = jnp.where(filled, scores, -jnp.inf)
+        return candidates(scores)
+
     def step(b, carry):
         best, rows = carry
         start = b * block
-        scores = _product(queries, lax.dynamic_slice_in_dim(vectors, start, block))
-        scores = scores + lax.dynamic_slice_in_dim(bias, start, block)[None, :]
-        filled = lax.broadcasted_iota(jnp.int32, (1, block), 1) < n_valid - start
-        scores = jnp.where(filled, scores, -jnp.inf)
-        values, at = candidates(scores)
+        values, at = lax.cond(
+            start + block <= n_valid,
+            lambda: block_candidates(start, masked=False),
+            lambda: block_candidates(start, masked=True),
+        )
         # Earlier blocks come first, so top_k's lower-position tie rule keeps lower row ids.
         merged = jnp.concatenate([best, values], axis=1)
         merged_rows = jnp.concatenate([rows, at.astype(jnp.int32) + start], axis=1)
@@ -203,7 +215,7 @@ def sharded_search(
         scores, rows = local_topk(
             q,
             local_vectors,
-            local_bias,
+            local_bias if metric == "l2" else None,  # zero for ip and cosine
             n_valid,
             k=k,
             block=block,
