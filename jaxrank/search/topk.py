@@ -53,26 +53,46 @@ def _product(queries: jax.Array, rows: jax.Array) -> jax.Array:
     )
 
 
-def exact_block_topk(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``lax.top_k`` of ``scores [Q, B]`` along B, same values, positions and tie order.
+def exact_block_topk(
+    scores: jax.Array, k: int, valid: jax.Array | int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k`` of ``scores [Q, B]`` along B over the first ``valid`` columns (default
+    all): the same values, positions and tie order.
 
-    A full top-k pass over a wide block costs as much as a fifth of the matmul on CPU. Instead:
-    take the maximum of each chunk of 128 columns (one vectorised pass), keep the k chunks with
-    the largest maxima (ties to the lower chunk), and run top-k over those k * 128 columns only.
-    Exact: a chunk holding one of the top k has fewer than k chunks ranked above it, since each
-    of those holds an element ranked above that one. Chunks are visited in column order, so
-    equal scores still resolve to the lower column.
+    A top-k pass over a wide block, or even one masking pass, costs several percent of the
+    matmul on CPU. Instead: take the maximum of each chunk of 128 columns (one vectorised
+    pass), keep the k chunks with the largest maxima (ties to the lower chunk), and run top-k
+    over those k * 128 columns only. Exact: a chunk holding one of the top k has fewer than k
+    chunks ranked above it, since each of those holds an element ranked above that one.
+    Chunks are visited in column order, so equal scores still resolve to the lower column.
+
+    With ``valid``, columns from ``valid`` on may hold anything: chunks wholly before it compete
+    on their maxima, the chunk it falls in is always taken (its maximum may come from a column
+    past ``valid``), later chunks never, and the mask applies to the gathered columns only.
     """
     q, width = scores.shape
-    if width % _CHUNK or width // _CHUNK <= k:
+    n_chunks = width // _CHUNK
+    picks = k if valid is None else k + 1
+    if width % _CHUNK or n_chunks <= picks:
+        if valid is not None:
+            column = lax.broadcasted_iota(jnp.int32, (1, width), 1)
+            scores = jnp.where(column < valid, scores, -jnp.inf)
         return lax.top_k(scores, k)
-    chunks = scores.reshape(q, width // _CHUNK, _CHUNK)
-    _, best = lax.top_k(jnp.max(chunks, axis=-1), k)
+    chunks = scores.reshape(q, n_chunks, _CHUNK)
+    maxima = jnp.max(chunks, axis=-1)
+    if valid is not None:
+        chunk = lax.broadcasted_iota(jnp.int32, (1, n_chunks), 1)
+        edge = valid // _CHUNK
+        maxima = jnp.where(chunk < edge, maxima, jnp.where(chunk == edge, jnp.inf, -jnp.inf))
+    _, best = lax.top_k(maxima, picks)
     best = jnp.sort(best, axis=-1)
-    candidates = jnp.take_along_axis(chunks, best[..., None], axis=1).reshape(q, k * _CHUNK)
+    candidates = jnp.take_along_axis(chunks, best[..., None], axis=1).reshape(q, -1)
+    offset = lax.broadcasted_iota(jnp.int32, (1, picks * _CHUNK), 1)
+    columns = jnp.take_along_axis(best, offset // _CHUNK, axis=1) * _CHUNK + offset % _CHUNK
+    if valid is not None:
+        candidates = jnp.where(columns < valid, candidates, -jnp.inf)
     values, at = lax.top_k(candidates, k)
-    columns = jnp.take_along_axis(best, at // _CHUNK, axis=1) * _CHUNK + at % _CHUNK
-    return values, columns
+    return values, jnp.take_along_axis(columns, at, axis=1)
 
 
 def local_topk(
@@ -91,12 +111,11 @@ def local_topk(
 
     Scans ``block``-row slices with a running top-k; returns ``(scores [Q, k] float32, rows
     [Q, k] int32)``, with ``(-inf, NO_ROW)`` in slots the rows could not fill. ``bias=None``
-    means zero. Only the block holding row ``n_valid`` pays for masking; a full block goes
-    from the matmul straight to the top-k (each extra pass over a ``[Q, block]`` score matrix
-    costs several percent of the matmul on CPU). ``mode='approx'``
-    takes each block's candidates with ``lax.approx_max_k`` sized for ``global_rows`` rows in
-    all, so its recall target holds for the whole database (XLA's CPU and GPU backends compute
-    it exactly).
+    means zero. In exact mode the scores go from the matmul straight into
+    ``exact_block_topk``, which masks rows past ``n_valid`` among its few candidates only.
+    ``mode='approx'`` takes each block's candidates with ``lax.approx_max_k`` sized for
+    ``global_rows`` rows in all, so its recall target holds for the whole database (XLA's CPU
+    and GPU backends compute it exactly).
     """
     n_rows = vectors.shape[0]
     if n_rows % block:
@@ -104,33 +123,22 @@ def local_topk(
     per_block = min(k, block)
     n_queries = queries.shape[0]
 
-    def candidates(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
-        if mode == "exact":
-            return exact_block_topk(scores, per_block)
-        return lax.approx_max_k(
-            scores,
-            per_block,
-            recall_target=recall_target,
-            reduction_input_size_override=global_rows or -1,
-        )
-
-    def block_candidates(start: jax.Array, masked: bool) -> tuple[jax.Array, jax.Array]:
-        scores = _product(queries, lax.dynamic_slice_in_dim(vectors, start, block))
-        if bias is not None:
-            scores = scores + lax.dynamic_slice_in_dim(bias, start, block)[None, :]
-        if masked:
-            filled = lax.broadcasted_iota(jnp.int32, (1, block), 1) < n_valid - start
-            scores = jnp.where(filled, scores, -jnp.inf)
-        return candidates(scores)
-
     def step(b, carry):
         best, rows = carry
         start = b * block
-        values, at = lax.cond(
-            start + block <= n_valid,
-            lambda: block_candidates(start, masked=False),
-            lambda: block_candidates(start, masked=True),
-        )
+        scores = _product(queries, lax.dynamic_slice_in_dim(vectors, start, block))
+        if bias is not None:
+            scores = scores + lax.dynamic_slice_in_dim(bias, start, block)[None, :]
+        if mode == "exact":
+            values, at = exact_block_topk(scores, per_block, n_valid - start)
+        else:
+            filled = lax.broadcasted_iota(jnp.int32, (1, block), 1) < n_valid - start
+            values, at = lax.approx_max_k(
+                jnp.where(filled, scores, -jnp.inf),
+                per_block,
+                recall_target=recall_target,
+                reduction_input_size_override=global_rows or -1,
+            )
         # Earlier blocks come first, so top_k's lower-position tie rule keeps lower row ids.
         merged = jnp.concatenate([best, values], axis=1)
         merged_rows = jnp.concatenate([rows, at.astype(jnp.int32) + start], axis=1)
