@@ -9,6 +9,7 @@ from jax import lax
 
 from jaxrank.parallel import make_mesh, replicated
 from jaxrank.search import Index, SearchError, exact_block_topk, sharded_search
+from jaxrank.search.topk import CHUNK
 
 N, D, Q, K = 203, 16, 13, 7  # N divisible by no device count above 1; Q pads to a bucket
 BLOCK = 16  # several blocks per device, so the running top-k is exercised
@@ -88,13 +89,13 @@ def test_equal_scores_rank_the_lower_id_first_across_devices(devices, metric):
 
 @pytest.mark.parametrize("devices", [1, 2, 8])
 def test_chunked_block_top_k_with_ties_and_a_partial_last_block(devices):
-    # Blocks of 1280 rows (10 chunks of 128), so the chunk path of exact_block_topk runs, and
+    # Blocks of over 1000 rows in chunks of 32, so the chunk path of exact_block_topk runs, and
     # every device's last block is partly filled; small integers make ties everywhere.
     rng = np.random.default_rng(11)
     x = rng.integers(-2, 3, (20_000, 4)).astype(np.float32)
     q = rng.integers(-2, 3, (Q, 4)).astype(np.float32)
     index = Index.from_array(x, mesh=mesh_of(devices), block_rows=2048)
-    assert index.block % 128 == 0 and index.block // 128 > K + 1
+    assert index.block % CHUNK == 0 and index.block // CHUNK > K + 1
     result = index.search(q, K)
     ref_scores, ref_ids = brute_force(x, q, K, "ip")
     np.testing.assert_array_equal(result.ids, ref_ids)
@@ -107,16 +108,16 @@ def test_identical_rows_come_back_in_id_order():
     np.testing.assert_array_equal(index.search(np.ones((2, 4)), 10).ids, [range(10)] * 2)
 
 
-@pytest.mark.parametrize("valid", [None, 12 * 128, 5 * 128, 5 * 128 + 17, 13])
+@pytest.mark.parametrize("valid", [None, 12 * CHUNK, 5 * CHUNK, 5 * CHUNK + 17, 13])
 @pytest.mark.parametrize("k", [1, 5, 11, 13])
 def test_exact_block_topk_equals_lax_top_k(k, valid):
-    # 12 chunks of 128 columns, ties everywhere; k >= 11 takes the plain top_k path. Columns
+    # 12 chunks, ties everywhere; k >= 11 takes the plain top_k path. Columns
     # from `valid` on hold the largest values, so a mask applied too late would show.
-    scores = np.random.default_rng(2).integers(0, 6, (9, 12 * 128)).astype(np.float32)
+    scores = np.random.default_rng(2).integers(0, 6, (9, 12 * CHUNK)).astype(np.float32)
     if valid is not None:
         scores[:, valid:] = 100.0
     values, columns = exact_block_topk_jit(scores, k, valid)
-    masked = scores if valid is None else np.where(np.arange(12 * 128) < valid, scores, -np.inf)
+    masked = scores if valid is None else np.where(np.arange(12 * CHUNK) < valid, scores, -np.inf)
     ref_values, ref_columns = lax.top_k(masked, k)
     np.testing.assert_array_equal(values, ref_values)
     np.testing.assert_array_equal(columns, ref_columns)

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrank.parallel import DATA
-from jaxrank.search.topk import normalize_rows, row_bias
+from jaxrank.search.topk import CHUNK, normalize_rows, row_bias
 
 
 class Layout(NamedTuple):
@@ -37,12 +37,12 @@ def plan_layout(rows: int, shards: int, block_rows: int) -> Layout:
     """The smallest layout holding ``rows`` rows with blocks of at most about ``block_rows``.
 
     Blocks are evened out so padding stays under one alignment unit per block, and aligned to
-    128 rows when they are wide (the exact block top-k works in 128-row chunks).
+    ``CHUNK`` rows when they are wide enough for the exact block top-k's chunked path.
     """
     per_shard = max(1, math.ceil(rows / shards))
     n_blocks = math.ceil(per_shard / max(1, block_rows))
     block = math.ceil(per_shard / n_blocks)
-    align = 128 if block >= 1024 else 8
+    align = CHUNK if block >= 16 * CHUNK else 8
     block = -(-block // align) * align
     return Layout(shards, n_blocks * block, block)
 
