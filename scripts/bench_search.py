@@ -4,12 +4,13 @@
         --out docs/bench/search.json
 
 Same process, same data (Gaussian rows made chunk by chunk from a seeded generator), inner
-product, each method warmed up and then timed as the median of ``--repeats`` runs, JAX and
-faiss with their default threads. Reports queries/s, the speed-up over faiss, the achieved
-GFLOP/s (2*Q*N*D / time) beside this machine's measured matmul peak (best of numpy/OpenBLAS
-and XLA on a large f32 matmul), how often the returned ids equal faiss's, and the peak
-resident memory of a streaming index build measured in a fresh process (against an
-in-memory build from a full host array). Writes JSON and prints a markdown table.
+product, JAX and faiss with their default threads; each method is warmed up, then timed
+``--repeats`` times round robin across the methods and reported as the median. Reports
+queries/s, the speed-up over faiss, the achieved GFLOP/s (2*Q*N*D / time) beside this
+machine's measured matmul peak (best of numpy/OpenBLAS and XLA on a large f32 matmul), how
+often the returned ids equal faiss's, and the peak resident memory of a streaming index build
+measured in a fresh process (against an in-memory build from a full host array). Writes JSON
+and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import ctypes
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -46,14 +46,14 @@ def _database(seed: int, n: int, dim: int) -> np.ndarray:
     return x
 
 
-def _median_seconds(fn, repeats: int):
-    result = fn()  # warm-up (and compile)
+def _best_seconds(fn, repeats: int) -> float:
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        result = fn()
+        fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times)), times, result
+    return min(times)
 
 
 def _openblas(library_fragment: str, prefix: str) -> dict:
@@ -97,7 +97,8 @@ def machine_info() -> dict:
 
 
 def matmul_peak(repeats: int) -> dict:
-    """Best GFLOP/s of a large f32 matmul, numpy (OpenBLAS) and XLA, square and search-shaped."""
+    """Best GFLOP/s (fastest of ``repeats`` runs: a peak, not a typical rate) of a large f32
+    matmul, numpy (OpenBLAS) and XLA, square and search-shaped."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -112,8 +113,8 @@ def matmul_peak(repeats: int) -> dict:
         flops = 2 * m * n * kk
         bt = np.ascontiguousarray(b.T)
         ja, jb = jnp.asarray(a), jnp.asarray(b)
-        numpy_s = _median_seconds(lambda a=a, bt=bt: a @ bt, repeats)[0]
-        xla_s = _median_seconds(lambda ja=ja, jb=jb: jax.block_until_ready(dot(ja, jb)), repeats)[0]
+        numpy_s = _best_seconds(lambda a=a, bt=bt: a @ bt, repeats)
+        xla_s = _best_seconds(lambda ja=ja, jb=jb: jax.block_until_ready(dot(ja, jb)), repeats)
         out[f"numpy {name}"] = flops / numpy_s / 1e9
         out[f"xla {name}"] = flops / xla_s / 1e9
     out["peak"] = max(out.values())
@@ -146,45 +147,52 @@ def run_size(n: int, args, peak: float) -> list[dict]:
     q = np.random.default_rng([args.seed, 10**6]).standard_normal((nq, d), dtype=np.float32)
     flops = 2 * nq * n * d
     repeats = args.repeats if n <= 100_000 else args.large_repeats
-    rows, results = [], {}
 
-    def record(method, fn):
-        seconds, times, (scores, ids) = _median_seconds(fn, repeats)
-        results[method] = (np.asarray(scores), np.asarray(ids))
+    flat = faiss.IndexFlatIP(d)
+    flat.add(x)
+    methods = {"faiss IndexFlatIP": lambda: flat.search(q, k)}
+    mesh = make_mesh(1, 1, jax.devices()[:1])
+    for dtype in ("float32", "bfloat16")[: 1 + args.bf16]:
+        index = Index.from_array(x, mesh=mesh, dtype=dtype, block_rows=args.block_rows)
+        methods[f"jaxrank exact ({dtype})"] = lambda index=index: index.search(q, k)
+        if args.approx and dtype == "float32":
+            approx = lambda index=index: index.search(q, k, mode="approx")
+            methods["jaxrank approx (0.95)"] = approx
+    methods["numpy matmul+argpartition"] = lambda: numpy_topk(x, q, k)
+
+    # Warm every method up, then time them round robin: a neighbour's job that starts during
+    # the run slows every method alike instead of whichever happened to be running.
+    results = {name: fn() for name, fn in methods.items()}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        print(f"  {' '.join(f'{min(t):.3f}' for t in times.values())}", flush=True)
+    rows = []
+    for name, ts in times.items():
+        seconds = float(np.median(ts))
         rows.append(
             {
-                "method": method,
+                "method": name,
                 "n": n,
                 "dim": d,
                 "queries": nq,
                 "k": k,
                 "seconds": seconds,
-                "all_seconds": times,
+                "all_seconds": ts,
                 "queries_per_s": nq / seconds,
                 "gflops": flops / seconds / 1e9,
                 "fraction_of_peak": flops / seconds / 1e9 / peak,
-                "load_after": os.getloadavg()[0],
             }
         )
-        print(f"  {method:28s} {seconds:8.3f} s  {flops / seconds / 1e9:7.1f} GFLOP/s", flush=True)
-
-    flat = faiss.IndexFlatIP(d)
-    flat.add(x)
-    record("faiss IndexFlatIP", lambda: flat.search(q, k))
-    flat.reset()
-    mesh = make_mesh(1, 1, jax.devices()[:1])
-    for dtype in ("float32", "bfloat16")[: 1 + args.bf16]:
-        jx = Index.from_array(x, mesh=mesh, dtype=dtype, block_rows=args.block_rows)
-        record(f"jaxrank exact ({dtype})", lambda jx=jx: jx.search(q, k))
-        if args.approx and dtype == "float32":
-            record("jaxrank approx (0.95)", lambda jx=jx: jx.search(q, k, mode="approx"))
-        del jx
-    record("numpy matmul+argpartition", lambda: numpy_topk(x, q, k))
+        print(f"  {name:28s} {seconds:8.3f} s  {flops / seconds / 1e9:7.1f} GFLOP/s", flush=True)
 
     faiss_scores, faiss_ids = results["faiss IndexFlatIP"]
     faiss_time = rows[0]["seconds"]
     for row in rows:
-        scores, ids = results[row["method"]]
+        scores, ids = (np.asarray(a) for a in results[row["method"]])
         row["speedup_vs_faiss"] = faiss_time / row["seconds"]
         row["ids_equal_faiss"] = float(np.mean(ids == faiss_ids))
         row["id_sets_equal_faiss"] = float(
@@ -194,8 +202,17 @@ def run_size(n: int, args, peak: float) -> list[dict]:
     return rows
 
 
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc (``getrusage``'s maxrss would include the
+    parent's memory at fork time, which survives the exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def child_build(args) -> None:
-    """Peak resident memory of building an index here, in this fresh process."""
+    """Peak resident memory (VmHWM) of building an index in this fresh process."""
     import jax
 
     from jaxrank.parallel import make_mesh
@@ -204,7 +221,7 @@ def child_build(args) -> None:
     mesh = make_mesh(1, 1, jax.devices()[:1])
     warm = np.ones((8, args.dim), np.float32)  # start the runtime before the baseline
     Index.from_array(warm, mesh=mesh).search(warm[:1], 1)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = _status_bytes("VmHWM")
     start = time.perf_counter()
     if args.child_build == "streaming":
         index = Index.from_chunks(
@@ -214,7 +231,7 @@ def child_build(args) -> None:
         index = Index.from_array(_database(args.seed, args.rows, args.dim), mesh=mesh)
     jax.block_until_ready(index.database)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     print(json.dumps({"baseline_rss": baseline, "peak_rss": peak, "seconds": seconds}))
 
 
