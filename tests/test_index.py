@@ -3,6 +3,7 @@
 import json
 import struct
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,11 +67,14 @@ def test_from_encoder_embeds_batch_by_batch_and_compiles_once():
     weights = np.random.default_rng(3).standard_normal((D, 5)).astype(np.float32)
     encode = jax.jit(lambda batch: jnp.tanh(batch["x"] @ weights))
 
-    def batches():  # 45 rows in batches of 8: the last one has 5 rows and is padded
-        for i in range(0, 45, 8):
-            yield {"x": x[i : i + 8], "id": EXTERNAL[i : i + 8]}
-
-    built = Index.from_encoder(encode, batches(), id_key="id", mesh=mesh_of(2), block_rows=8)
+    # A grain dataset of 45 rows in batches of 8: the last batch has 5 rows and is padded.
+    batches = (
+        grain.MapDataset.range(45)
+        .map(lambda i: {"x": x[i], "id": EXTERNAL[i]})
+        .batch(8)
+        .to_iter_dataset()
+    )
+    built = Index.from_encoder(encode, batches, id_key="id", mesh=mesh_of(2), block_rows=8)
     assert encode._cache_size() == 1 and len(built) == 45
     reference = Index.from_array(np.tanh(x @ weights), EXTERNAL, mesh=mesh_of(2))
     result, expected = built.search(q @ weights, 4), reference.search(q @ weights, 4)
