@@ -222,7 +222,7 @@ def test_a_bad_vector_is_refused_and_leaves_the_index_as_it_was():
     before = index.search(q, 5)
     bad = np.ones((6, D), np.float32)
     bad[3, 0] = np.inf
-    with pytest.raises(SearchError, match="vector 3 has NaN or inf"):
+    with pytest.raises(SearchError, match="vector 3 of the rows being added has NaN or inf"):
         index.add(bad)
     with pytest.raises(SearchError, match="vectors have dimension 3, the index holds 16"):
         index.add(np.ones((2, 3)))

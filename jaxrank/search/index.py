@@ -126,7 +126,8 @@ class Index:
     def from_array(
         cls, vectors: Any, ids: Any = None, *, metric: str = "ip", **options: Any
     ) -> Index:
-        """An index of the rows of ``vectors [N, D]`` (numpy or jax), placed chunk by chunk."""
+        """An index of the rows of ``vectors [N, D]`` (numpy or jax), placed chunk by chunk.
+        ``options`` are the constructor's keywords (mesh, dtype, block_rows, chunk_rows)."""
         vectors = _as_rows(vectors, "vectors")
         index = cls(vectors.shape[1], metric, capacity=vectors.shape[0], **options)
         index.add(vectors, ids)
@@ -249,8 +250,8 @@ class Index:
             ok, bad = layout.check_finite(chunk, jnp.int32(valid))
             if not ok:
                 raise SearchError(
-                    f"vector {start + int(bad)} has NaN or inf values (or a squared norm "
-                    "beyond float32)"
+                    f"vector {start + int(bad)} of the rows being added has NaN or inf values "
+                    "(or a squared norm beyond float32); nothing was added"
                 )
             self._vectors, self._bias = layout.write_rows(
                 self._vectors,
@@ -335,7 +336,8 @@ class Index:
     @classmethod
     def load(cls, path: str | Path, *, metric: str | None = None, **options: Any) -> Index:
         """Read an index file onto the mesh, chunk by chunk, verifying its checksum; with
-        ``metric``, refuse a file built with another metric."""
+        ``metric``, refuse a file built with another metric. ``options``: ``mesh``,
+        ``block_rows``, ``chunk_rows`` (dim, metric and dtype come from the file)."""
         with store.IndexReader(path, metric) as reader:
             meta = reader.meta
             index = cls(meta.dim, meta.metric, dtype=meta.dtype, capacity=meta.count, **options)
