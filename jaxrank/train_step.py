@@ -4,6 +4,11 @@ A recipe supplies ``loss_fn(params, batch, rng, frozen) -> (loss, metrics)``; th
 it into ``step(state, batch, frozen) -> (state, metrics)``: gradient, optax update and a guard
 that freezes the state at the first non-finite loss or gradient, so the host (which only looks
 every few steps) can stop the run with the last good parameters intact.
+
+RL recipes also supply a ``rollout(params, batch, rng, frozen) -> (batch, metrics)`` that runs
+once per step with the pre-update parameters (sampling, rewards, advantages, old log-probs);
+``updates_per_batch`` optimizer updates (GRPO's mu) then follow on the batch it returns, all in
+the same compiled step.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 LossFn = Callable[[Any, Any, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]
+RolloutFn = Callable[[Any, Any, jax.Array, Any], tuple[Any, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -44,18 +50,44 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def make_train_step(
-    loss_fn: LossFn, optimizer: optax.GradientTransformation
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    rollout: RolloutFn | None = None,
+    updates_per_batch: int = 1,
 ) -> Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """The un-jitted step; the caller jits it with its shardings and donates the state."""
+    """The un-jitted step; the caller jits it with its shardings and donates the state.
+
+    Metrics are the rollout's and the first update's (``loss``, ``grad_norm``, the loss's aux).
+    """
+    if updates_per_batch < 1:
+        raise ValueError(f"updates_per_batch must be >= 1, got {updates_per_batch}")
+
+    def update(carry, rng_batch):
+        params, opt_state, ok = carry
+        rng, batch, frozen = rng_batch
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch, rng, frozen
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        ok = ok & jnp.isfinite(loss) & _all_finite(grads)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        return (optax.apply_updates(params, updates), opt_state, ok), metrics
 
     def step(state: TrainState, batch: Any, frozen: Any = None):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, rng, frozen
-        )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ok = jnp.isfinite(loss) & _all_finite(grads) & (state.first_bad_step < 0)
+        rollout_metrics = {}
+        if rollout is not None:
+            rollout_rng, rng = jax.random.split(rng)
+            batch, rollout_metrics = jax.lax.stop_gradient(
+                rollout(state.params, batch, rollout_rng, frozen)
+            )
+        carry = (state.params, state.opt_state, state.first_bad_step < 0)
+        carry, metrics = update(carry, (rng, batch, frozen))
+        if updates_per_batch > 1:
+            more = jax.random.split(jax.random.fold_in(rng, 1), updates_per_batch - 1)
+            carry, _ = jax.lax.scan(lambda c, k: update(c, (k, batch, frozen)), carry, more)
+        params, opt_state, ok = carry
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         new_state = state.replace(
             step=state.step + 1,
@@ -65,7 +97,6 @@ def make_train_step(
                 ok | (state.first_bad_step >= 0), state.first_bad_step, state.step
             ),
         )
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-        return new_state, metrics
+        return new_state, {**rollout_metrics, **metrics}
 
     return step

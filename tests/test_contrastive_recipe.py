@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from jaxrank import cli, parallel
@@ -45,7 +46,9 @@ def one_step(cfg, mesh):
     from jaxrank.train_step import TrainState, make_train_step
 
     graphdef, params = nnx.split(model, nnx.Param)
-    optimizer = contrastive.make_optimizer(cfg.train)
+    # Plain SGD: Adam's first steps move every weight by about +-lr whatever the gradient's
+    # size, so rounding noise in a near-zero gradient would flip whole updates.
+    optimizer = optax.sgd(0.5)
     state = TrainState.create(params, optimizer, cfg.seed)
     batch = next(iter(contrastive.training_data(world, cfg)))
     kb = parallel.put_replicated(contrastive.knowledge_base(world, cfg), mesh)
@@ -63,7 +66,7 @@ def test_sharded_steps_equal_single_device(shape):
     params, loss = one_step(cfg, parallel.make_mesh(*shape))
     np.testing.assert_allclose(loss, single_loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single_params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def run_cli(capsys, *args):

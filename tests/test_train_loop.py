@@ -114,3 +114,29 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
         pytest.raises(CheckpointError, match=r"checkpoints/5 is (corrupt|unreadable)"),
     ):
         checkpointer.restore(like)
+
+
+def test_rollout_runs_once_then_mu_updates_on_its_batch():
+    """GRPO's shape: the rollout sees the pre-update parameters; mu SGD updates follow on it."""
+    optimizer = optax.sgd(0.1)
+
+    def rollout(params, batch, rng, frozen):
+        del rng, frozen
+        # A target made from the pre-update weights: later updates must not recompute it.
+        return dict(batch, y=batch["y"] + params["w"].sum()), {"w_sum": params["w"].sum()}
+
+    step = jax.jit(make_train_step(quadratic_loss, optimizer, rollout=rollout, updates_per_batch=3))
+    state = TrainState.create({"w": jnp.ones(3)}, optimizer, seed=0)
+    batch = {"x": jnp.eye(3), "y": jnp.asarray([1.0, 2.0, 3.0])}
+    new, metrics = step(state, batch)
+
+    y = np.array([1.0, 2.0, 3.0]) + 3.0
+    w = np.ones(3)
+    for _ in range(3):  # d/dw mean((w - y)^2) = 2 (w - y) / 3
+        w = w - 0.1 * 2 * (w - y) / 3
+    np.testing.assert_allclose(new.params["w"], w, rtol=1e-6)
+    np.testing.assert_allclose(metrics["w_sum"], 3.0)
+    np.testing.assert_allclose(metrics["loss"], np.mean((1.0 - y) ** 2), rtol=1e-6)
+    assert int(new.step) == 1
+    with pytest.raises(ValueError, match="updates_per_batch"):
+        make_train_step(quadratic_loss, optimizer, updates_per_batch=0)
