@@ -19,7 +19,10 @@ from jaxrank.search.errors import SearchError
 from jaxrank.trainer import NonFiniteLossError
 from jaxrank.workdir import WorkdirError
 
-RECIPES = {"contrastive": "jaxrank.recipes.contrastive"}
+RECIPES = {
+    "contrastive": "jaxrank.recipes.contrastive",
+    "region_r1": "jaxrank.recipes.region_r1",
+}
 USER_ERRORS = (
     ConfigError,
     WorkdirError,

@@ -35,6 +35,16 @@ def box_area(boxes: jax.Array) -> jax.Array:
     )
 
 
+def box_iou(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Intersection over union of ``(x1, y1, x2, y2)`` boxes (broadcast); 0 when both are
+    empty. Inverted boxes count as empty."""
+    lo = jnp.maximum(a[..., :2], b[..., :2])
+    hi = jnp.minimum(a[..., 2:], b[..., 2:])
+    inter = jnp.prod(jnp.maximum(hi - lo, 0), axis=-1)
+    union = box_area(a) + box_area(b) - inter
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1), 0.0)
+
+
 def _crop_one(image: jax.Array, box: jax.Array, size: int) -> jax.Array:
     height, width = image.shape[:2]
     box = clamp_boxes(box, height, width)

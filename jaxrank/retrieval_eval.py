@@ -19,12 +19,13 @@ from jaxrank.parallel import shard_batch
 
 
 def embed_in_batches(
-    fn: Callable[..., jax.Array],
+    fn: Callable[..., Any],
     arrays: Sequence[np.ndarray],
     batch_size: int,
     mesh: Mesh,
-) -> np.ndarray:
-    """``fn(*batch)`` over row chunks of ``arrays`` (same leading size), concatenated on host."""
+) -> Any:
+    """``fn(*batch)`` over row chunks of ``arrays`` (same leading size), concatenated on host.
+    ``fn`` may return a pytree of per-row arrays; the result has the same structure."""
     n = len(arrays[0])
     outputs = []
     for start in range(0, n, batch_size):
@@ -32,9 +33,9 @@ def embed_in_batches(
         pad = batch_size - len(chunk[0])
         if pad:
             chunk = [np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) for c in chunk]
-        out = fn(*shard_batch(tuple(chunk), mesh))
-        outputs.append(np.asarray(jax.device_get(out))[: batch_size - pad])
-    return np.concatenate(outputs)
+        out = jax.device_get(fn(*shard_batch(tuple(chunk), mesh)))
+        outputs.append(jax.tree.map(lambda x, pad=pad: np.asarray(x)[: batch_size - pad], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 @jax.jit

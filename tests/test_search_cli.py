@@ -39,7 +39,7 @@ def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("search_cli") / "run"
     cfg = apply_overrides(load_config_file(CONFIG), TINY)
     prepare_workdir(workdir, cfg)
-    _, _, _, state, _ = contrastive._setup(cfg)
+    _, _, _, state, _ = contrastive.setup(cfg)
     with Checkpointer(workdir / "checkpoints") as checkpointer:
         checkpointer.save(0, state, {})
     return workdir

@@ -93,6 +93,9 @@ QUERY_PRESETS: dict[str, QueryConfig] = {
     "easy": QueryConfig((0.6, 0.9), (0.1, 0.2), (0, 1), 0.3),
     # The full image fails often; a crop to the target fixes it.
     "default": QueryConfig(),
+    # Region-R1's regime: the full image usually puts the entity in the top 20 but often not
+    # first (a first stage that works, a re-ranking that a crop can fix).
+    "moderate": QueryConfig((0.4, 0.6), (0.15, 0.35), (1, 3), 0.5),
     "hard": QueryConfig((0.18, 0.3), (0.15, 0.3), (6, 8), 2.0),
 }
 

@@ -16,14 +16,15 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from jaxrank import imaging, losses, parallel, report, retrieval_eval
+from jaxrank.checkpoint import Checkpointer
 from jaxrank.data.synthetic import World, WorldConfig, query_preset, world_vocabulary
 from jaxrank.data.vocabulary import EOS
 from jaxrank.models.dual_encoder import DualEncoder
 from jaxrank.models.presets import tiny_clip, tiny_siglip
+from jaxrank.optim import adamw_warmup_cosine
 from jaxrank.train_step import TrainState, make_train_step
 from jaxrank.trainer import fit
 from jaxrank.workdir import prepare_workdir
@@ -46,17 +47,6 @@ def build_model(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Dual
     config = FAMILIES[family](**model_cfg, vocab_size=world_vocabulary().size)
     with jax.set_mesh(mesh):
         return DualEncoder(config, rngs=nnx.Rngs(cfg.seed))
-
-
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, train.learning_rate, train.warmup_steps, max(train.steps, train.warmup_steps + 1)
-    )
-    decay_matrices = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
-    return optax.chain(
-        optax.clip_by_global_norm(train.grad_clip),
-        optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_matrices),
-    )
 
 
 def training_data(world: World, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
@@ -85,6 +75,17 @@ def knowledge_base(world: World, cfg: ml_collections.ConfigDict) -> dict[str, np
 def _pixels(images: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
     resized = imaging.resize(images, cfg.model.image_size)
     return imaging.normalize(resized, imaging.UNIT_MEAN, imaging.UNIT_STD)
+
+
+def image_embedder(graphdef: nnx.GraphDef):
+    """``(params, float pixels in [0, 255] at the model's input size) -> embeddings``: the
+    scorer's image tower for callers that crop and resize themselves (Region-R1)."""
+
+    def embed(params, pixels):
+        normalized = imaging.normalize(pixels, imaging.UNIT_MEAN, imaging.UNIT_STD)
+        return nnx.merge(graphdef, params).encode_image(normalized)
+
+    return embed
 
 
 def make_loss(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
@@ -117,7 +118,10 @@ def make_loss(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
     return loss_fn
 
 
-def _encoders(graphdef, cfg):
+def encoders(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
+    """Jitted ``image(params, uint8 images)``, ``cropped(params, images, boxes)`` and
+    ``text(params, tokens)`` embedders."""
+
     @jax.jit
     def image(params, images):
         return nnx.merge(graphdef, params).encode_image(_pixels(images, cfg))
@@ -135,6 +139,28 @@ def _encoders(graphdef, cfg):
     return image, cropped, text
 
 
+def knowledge_base_embeddings(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    world: World,
+    cfg: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, np.ndarray]:
+    """Every entity's ``image`` and ``text`` embedding and their normalised sum ``pair``
+    (Region-R1's candidate embedding, PAPERS.md §1), float32 [N, D] on the host."""
+    image_fn, _, text_fn = encoders(graphdef, cfg)
+    bs = cfg.eval.batch_size
+    kb = knowledge_base(world, cfg)
+    image = retrieval_eval.embed_in_batches(lambda x: image_fn(params, x), [kb["images"]], bs, mesh)
+    text = retrieval_eval.embed_in_batches(lambda x: text_fn(params, x), [kb["tokens"]], bs, mesh)
+    pair = image + text
+    return {
+        "pair": pair / np.linalg.norm(pair, axis=-1, keepdims=True),
+        "image": image,
+        "text": text,
+    }
+
+
 def evaluate(
     graphdef: nnx.GraphDef,
     params: Any,
@@ -144,21 +170,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Recall@K of test queries against the knowledge base, per difficulty preset and per query
     view (full image, ground-truth crop), for each candidate representation."""
-    image_fn, crop_fn, text_fn = _encoders(graphdef, cfg)
+    image_fn, crop_fn, _ = encoders(graphdef, cfg)
     bs = cfg.eval.batch_size
-    kb = knowledge_base(world, cfg)
-    kb_image = retrieval_eval.embed_in_batches(
-        lambda x: image_fn(params, x), [kb["images"]], bs, mesh
-    )
-    kb_text = retrieval_eval.embed_in_batches(
-        lambda x: text_fn(params, x), [kb["tokens"]], bs, mesh
-    )
-    pair = kb_image + kb_text
-    candidates = {
-        "pair": pair / np.linalg.norm(pair, axis=-1, keepdims=True),
-        "image": kb_image,
-        "text": kb_text,
-    }
+    candidates = knowledge_base_embeddings(graphdef, params, world, cfg, mesh)
     results: dict[str, Any] = {}
     for preset in cfg.eval.presets:
         queries = world.queries("test", cfg.eval.num_queries, query_preset(preset))
@@ -252,19 +266,45 @@ def _summary_rows(results):
     ]
 
 
-def _setup(cfg: ml_collections.ConfigDict):
-    mesh = parallel.mesh_from_config(cfg.mesh)
+def setup(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+    """``(mesh, world, graphdef, initial TrainState, optimizer)`` for a config; the mesh
+    defaults to the config's."""
+    mesh = mesh or parallel.mesh_from_config(cfg.mesh)
     world = build_world(cfg)
     model = build_model(cfg, mesh)
     graphdef, params = nnx.split(model, nnx.Param)
-    optimizer = make_optimizer(cfg.train)
+    optimizer = adamw_warmup_cosine(cfg.train)
     state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
     return mesh, world, graphdef, state, optimizer
 
 
+def restore(
+    cfg: ml_collections.ConfigDict, workdir: str | Path, mesh: jax.sharding.Mesh | None = None
+) -> tuple[int, nnx.GraphDef, Any]:
+    """``(step, graphdef, params)`` of a run's latest checkpoint, placed on ``mesh``."""
+    _, _, graphdef, state, _ = setup(cfg, mesh)
+    with Checkpointer(Path(workdir) / "checkpoints") as checkpointer:
+        step, state, _ = checkpointer.restore(state)
+    return step, graphdef, state.params
+
+
+def train_or_restore(
+    cfg: ml_collections.ConfigDict, workdir: str | Path, mesh: jax.sharding.Mesh | None = None
+) -> tuple[nnx.GraphDef, Any]:
+    """A finished run's encoder; trains (or resumes) the run first if it is not finished.
+    Later recipes use this to get their frozen scorer."""
+    workdir = prepare_workdir(workdir, cfg)
+    with Checkpointer(workdir / "checkpoints") as checkpointer:
+        last = checkpointer.latest_step()
+    if not ((workdir / "report.json").exists() and last == cfg.train.steps):
+        train_and_evaluate(cfg, workdir)
+    _, graphdef, params = restore(cfg, workdir, mesh)
+    return graphdef, params
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     workdir = prepare_workdir(workdir, cfg)
-    mesh, world, graphdef, state, optimizer = _setup(cfg)
+    mesh, world, graphdef, state, optimizer = setup(cfg)
     if cfg.train.batch_size % mesh.shape[parallel.DATA]:
         raise ValueError(
             f"train.batch_size={cfg.train.batch_size} must be divisible by the "
@@ -303,14 +343,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
 
 def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Re-evaluate the latest checkpoint of a finished or interrupted run."""
-    from jaxrank.checkpoint import Checkpointer
-
     workdir = prepare_workdir(workdir, cfg)
-    mesh, world, graphdef, state, _ = _setup(cfg)
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    step, state, _ = checkpointer.restore(state)
-    checkpointer.close()
+    mesh = parallel.mesh_from_config(cfg.mesh)
+    step, graphdef, params = restore(cfg, workdir, mesh)
     with jax.set_mesh(mesh):
-        results = evaluate(graphdef, state.params, world, cfg, mesh)
+        results = evaluate(graphdef, params, build_world(cfg), cfg, mesh)
     _write_report(workdir, results, cfg, {"steps": step, "train_seconds": 0.0, "devices": ""})
     return results

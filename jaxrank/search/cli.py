@@ -37,7 +37,6 @@ class _Encoder:
     """A trained contrastive run's encoders, restored onto the config's mesh."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str):
-        from jaxrank.checkpoint import Checkpointer
         from jaxrank.recipes import contrastive
 
         if cfg.get("recipe", None) != "contrastive":
@@ -51,12 +50,11 @@ class _Encoder:
                 "with jaxrank train --config ... --workdir ..."
             )
         workdir = prepare_workdir(workdir, cfg)  # refuses a run trained with another config
-        self.mesh, self.world, graphdef, state, _ = contrastive._setup(cfg)
-        with Checkpointer(workdir / "checkpoints") as checkpointer:
-            _, state, _ = checkpointer.restore(state)
-        self.params = state.params
+        self.mesh = parallel.mesh_from_config(cfg.mesh)
+        self.world = contrastive.build_world(cfg)
+        _, graphdef, self.params = contrastive.restore(cfg, workdir, self.mesh)
         self.cfg = cfg
-        self._image, self._cropped, self._text = contrastive._encoders(graphdef, cfg)
+        self._image, self._cropped, self._text = contrastive.encoders(graphdef, cfg)
         self._pair = jax.jit(lambda a, b: normalize_rows(a + b))
 
     def entries(self, batch: dict[str, np.ndarray], entry: str) -> jax.Array:

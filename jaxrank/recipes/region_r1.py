@@ -1,0 +1,289 @@
+"""Region-R1 (PAPERS.md §1) on the synthetic world, wired from jaxrank's parts.
+
+frozen contrastive scorer -> knowledge-base index (pair embeddings) -> top-K pools of the full
+query image -> crop policy trained with r-GRPO (one jitted step: sample, crop, score the pool,
+reward, advantage, clipped loss with KL, optax update) -> evaluation against the paper's
+baselines (``region_r1_eval``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxrank import imaging, parallel, profiling, retrieval_eval
+from jaxrank.checkpoint import Checkpointer
+from jaxrank.data.arrays import array_batches
+from jaxrank.data.synthetic import World, query_preset, world_vocabulary
+from jaxrank.data.vocabulary import PAD
+from jaxrank.models.crop_policy import CropPolicy, tiny_crop_policy
+from jaxrank.optim import adamw_warmup_cosine
+from jaxrank.recipes import contrastive, region_r1_eval
+from jaxrank.rewards.region_r1 import RegionR1RewardConfig
+from jaxrank.rl import region_grpo
+from jaxrank.rl.grpo import GRPOConfig
+from jaxrank.search import Index
+from jaxrank.train_step import TrainState, make_train_step
+from jaxrank.trainer import fit
+from jaxrank.workdir import prepare_workdir
+
+INDEX_FILE = "kb_index.safetensors"
+
+
+def grpo_config(cfg: ml_collections.ConfigDict) -> region_grpo.RegionGRPOConfig:
+    rl = cfg.rl.to_dict()
+    balanced, forced_in_loss = rl.pop("balanced"), rl.pop("forced_in_loss")
+    reward = cfg.reward.to_dict()
+    reward["weights"] = tuple(reward["weights"])
+    return region_grpo.RegionGRPOConfig(
+        GRPOConfig(**rl), RegionR1RewardConfig(**reward), balanced, forced_in_loss
+    )
+
+
+def build_policy(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> CropPolicy:
+    options = cfg.policy.to_dict()
+    options["dtype"] = jnp.dtype(options["dtype"])
+    config = tiny_crop_policy(world_vocabulary().size, **options)
+    with jax.set_mesh(mesh):
+        return CropPolicy(config, rngs=nnx.Rngs(cfg.seed))
+
+
+def policy_fn(graphdef: nnx.GraphDef, image_size: int) -> region_grpo.PolicyFn:
+    """The policy on uint8 scenes and question ids: resized and normalised in the graph."""
+
+    def apply(params, images, tokens):
+        pixels = imaging.normalize(
+            imaging.resize(images, image_size), imaging.UNIT_MEAN, imaging.UNIT_STD
+        )
+        return nnx.merge(graphdef, params)(pixels, tokens, tokens != PAD)
+
+    return apply
+
+
+class Scorer:
+    """The frozen scorer: its image tower, its parameters and the knowledge-base index."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh):
+        scorer_dir = Path(cfg.scorer_workdir) if cfg.scorer_workdir else workdir / "scorer"
+        graphdef, self.params = contrastive.train_or_restore(cfg.scorer, scorer_dir, mesh)
+        self.world: World = contrastive.build_world(cfg.scorer)
+        self.input_size: int = cfg.scorer.model.image_size
+        self.embed = contrastive.image_embedder(graphdef)
+        kb = contrastive.knowledge_base_embeddings(
+            graphdef, self.params, self.world, cfg.scorer, mesh
+        )
+        self.kb = kb["pair"]
+        self.index = Index.from_array(self.kb, metric="cosine", mesh=mesh)
+        self.index.save(workdir / INDEX_FILE)
+        self._full = jax.jit(
+            lambda params, images: self.embed(
+                params, imaging.resize(images, self.input_size).astype(jnp.float32)
+            )
+        )
+
+    def full_image_embeddings(self, images: np.ndarray, batch: int, mesh) -> np.ndarray:
+        return retrieval_eval.embed_in_batches(
+            lambda x: self._full(self.params, x), [images], batch, mesh
+        )
+
+
+def query_set(
+    scorer: Scorer,
+    split: str,
+    presets: tuple[str, ...],
+    per_preset: int,
+    cfg: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """Rendered queries of each preset with their first-stage pools: the top ``pool_size``
+    knowledge-base entries by the full image's embedding. Presets take disjoint query indices,
+    so the same index never renders the same target under two presets."""
+    parts = [
+        scorer.world.queries(split, per_preset, query_preset(p), start=i * per_preset)
+        for i, p in enumerate(presets)
+    ]
+    images = np.concatenate([p["images"] for p in parts])
+    entity = np.concatenate([p["entity"] for p in parts])
+    questions = [q for p in parts for q in p["questions"]]
+    embeddings = scorer.full_image_embeddings(images, cfg.eval.batch_size, mesh)
+    pools = scorer.index.search(embeddings, cfg.data.pool_size).ids
+    return {
+        "images": images,
+        "tokens": world_vocabulary().encode(questions, cfg.policy.max_len),
+        "boxes": np.concatenate([p["boxes"] for p in parts]).astype(np.float32),
+        "pool_ids": np.maximum(pools, 0).astype(np.int32),
+        "labels": (pools == entity[:, None]).astype(np.float32),
+        "pool_valid": pools >= 0,
+        "entity": entity,
+        "questions": questions,
+        "preset": np.repeat(np.arange(len(presets)), per_preset),
+    }
+
+
+TRAIN_KEYS = ("images", "tokens", "boxes", "pool_ids", "labels", "pool_valid")
+
+
+def setup(cfg: ml_collections.ConfigDict, workdir: Path):
+    """Everything a run needs before its first step."""
+    mesh = parallel.mesh_from_config(cfg.mesh)
+    if cfg.train.batch_size % mesh.shape[parallel.DATA]:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} must be divisible by the "
+            f"{mesh.shape[parallel.DATA]} devices of the data axis"
+        )
+    scorer = Scorer(cfg, workdir, mesh)
+    policy = build_policy(cfg, mesh)
+    graphdef, params = nnx.split(policy, nnx.Param)
+    reference = jax.tree.map(jnp.copy, params)
+    optimizer = adamw_warmup_cosine(cfg.train)
+    state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
+    frozen = {
+        "kb": parallel.put_replicated(scorer.kb, mesh),
+        "scorer": scorer.params,
+        "ref": reference,
+    }
+    return mesh, scorer, graphdef, state, optimizer, frozen
+
+
+def make_step(cfg, graphdef, scorer: Scorer, optimizer):
+    rl = grpo_config(cfg)
+    policy = policy_fn(graphdef, cfg.policy.image_size)
+    rollout = region_grpo.make_rollout(
+        policy, scorer.embed, rl, cfg.policy.num_bins, scorer.input_size
+    )
+    return make_train_step(
+        region_grpo.make_loss(policy, rl),
+        optimizer,
+        rollout=rollout,
+        updates_per_batch=rl.grpo.updates_per_batch,
+    )
+
+
+def step_profile(cfg, graphdef, scorer: Scorer, state, batch, frozen) -> dict[str, float]:
+    """Milliseconds per step of each part (policy + sampling, crop + score, reward +
+    advantage, update), each jitted on its own, and of the whole fused step."""
+    rl = grpo_config(cfg)
+    policy = policy_fn(graphdef, cfg.policy.image_size)
+    num_bins, size = cfg.policy.num_bins, scorer.input_size
+    key = jax.random.key(0)
+
+    @jax.jit
+    def act(params, batch, frozen):
+        out = policy(params, batch["images"], batch["tokens"])
+        ref_out = policy(frozen["ref"], batch["images"], batch["tokens"])
+        return region_grpo.act(out, ref_out, key, rl)
+
+    @jax.jit
+    def score(actions, batch, frozen):
+        embed = lambda pixels: scorer.embed(frozen["scorer"], pixels)
+        pool = frozen["kb"][batch["pool_ids"]]
+        return region_grpo.score(embed, batch["images"], actions, pool, num_bins, size)
+
+    @jax.jit
+    def judge(scored, actions, batch):
+        return region_grpo.judge(scored, actions, batch["labels"], batch["pool_valid"], rl)
+
+    update = jax.jit(
+        make_train_step(region_grpo.make_loss(policy, rl), adamw_warmup_cosine(cfg.train))
+    )
+    whole = jax.jit(make_step(cfg, graphdef, scorer, adamw_warmup_cosine(cfg.train)))
+    repeats = cfg.train.profile_repeats
+    actions = act(state.params, batch, frozen)
+    scored = score(actions, batch, frozen)
+    _, advantages, _ = judge(scored, actions, batch)
+    filled = dict(batch, actions=actions, advantages=advantages)
+    return {
+        "policy_and_sampling_ms": profiling.milliseconds(
+            act, state.params, batch, frozen, repeats=repeats
+        ),
+        "crop_and_score_ms": profiling.milliseconds(score, actions, batch, frozen, repeats=repeats),
+        "reward_and_advantage_ms": profiling.milliseconds(
+            judge, scored, actions, batch, repeats=repeats
+        ),
+        "update_ms": profiling.milliseconds(update, state, filled, frozen, repeats=repeats),
+        "fused_step_ms": profiling.milliseconds(whole, state, batch, frozen, repeats=repeats),
+    }
+
+
+def evaluate(cfg, graphdef, params, frozen, scorer: Scorer, mesh) -> dict[str, Any]:
+    """The policy and the baselines on each evaluation preset's held-out queries."""
+    query_sets = {
+        preset: query_set(scorer, "test", (preset,), cfg.eval.num_queries, cfg, mesh)
+        for preset in cfg.eval.presets
+    }
+    policy = policy_fn(graphdef, cfg.policy.image_size)
+    return region_r1_eval.evaluate(
+        cfg, policy, params, frozen["ref"], frozen, scorer, query_sets, mesh
+    )
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    workdir = prepare_workdir(workdir, cfg)
+    started = time.perf_counter()
+    mesh, scorer, graphdef, state, optimizer, frozen = setup(cfg, workdir)
+    setup_seconds = time.perf_counter() - started
+    train = query_set(
+        scorer,
+        "train",
+        tuple(cfg.data.train_presets),
+        cfg.data.train_queries_per_preset,
+        cfg,
+        mesh,
+    )
+    train_arrays = {k: train[k] for k in TRAIN_KEYS}
+    data = array_batches(train_arrays, cfg.train.batch_size, cfg.seed, cfg.train.data_threads)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = jax.jit(
+        make_step(cfg, graphdef, scorer, optimizer),
+        donate_argnums=0,
+        out_shardings=(state_sharding, None),
+    )
+    with jax.set_mesh(mesh):
+        sample = parallel.shard_batch(next(iter(data)), mesh)
+        profile = step_profile(cfg, graphdef, scorer, state, sample, frozen)
+        train_started = time.perf_counter()
+        state = fit(
+            workdir=workdir,
+            state=state,
+            step_fn=step_fn,
+            data=data,
+            place_batch=lambda b: parallel.shard_batch(b, mesh),
+            total_steps=cfg.train.steps,
+            log_every=cfg.train.log_every,
+            checkpoint_every=cfg.train.checkpoint_every,
+            frozen=frozen,
+            samples_per_step=cfg.train.batch_size,
+        )
+        train_seconds = time.perf_counter() - train_started
+        results = evaluate(cfg, graphdef, state.params, frozen, scorer, mesh)
+    info = {
+        "setup_seconds": setup_seconds,
+        "train_seconds": train_seconds,
+        "steps": cfg.train.steps,
+        "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
+        "step_profile": profile,
+        "train_pools_with_positive": float(train["labels"].any(axis=1).mean()),
+    }
+    region_r1_eval.write_report(workdir, cfg, results, info)
+    return results
+
+
+def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Re-evaluate the latest policy checkpoint of a run."""
+    workdir = prepare_workdir(workdir, cfg)
+    mesh, scorer, graphdef, state, _, frozen = setup(cfg, workdir)
+    with Checkpointer(workdir / "checkpoints") as checkpointer:
+        step, state, _ = checkpointer.restore(state)
+    with jax.set_mesh(mesh):
+        results = evaluate(cfg, graphdef, state.params, frozen, scorer, mesh)
+    info = {"steps": step, "train_seconds": 0.0, "setup_seconds": 0.0, "step_profile": {}}
+    info["devices"] = f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}"
+    region_r1_eval.write_report(workdir, cfg, results, info)
+    return results

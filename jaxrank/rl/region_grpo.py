@@ -1,0 +1,228 @@
+"""Region-aware GRPO (r-GRPO, PAPERS.md §1) for a structured crop policy, as pure functions.
+
+One rollout per training step, with the pre-update parameters: the policy (and the frozen
+reference) read the query, G actions are sampled per query (decision-balanced if asked), each
+action's crop re-ranks the query's candidate pool with the frozen scorer, the Region-R1 reward
+judges it against the full image, and group advantages follow. The loss then scores the same
+actions under the parameters being trained: the clipped ratio objective with a k3 KL to the
+reference, over the action's factors (decision, x1, y1, x2, y2) as GRPO's "tokens".
+
+The three stages of the rollout (``act``, ``score``, ``judge``) are separate functions so that a
+profiler can time each on its own; ``make_rollout`` composes them for the training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrank import imaging, metrics, rerank
+from jaxrank.models.action import (
+    PolicyOutput,
+    bins_to_boxes,
+    entropy,
+    log_prob,
+    sample_boxes,
+)
+from jaxrank.rewards.region_r1 import REGION, RegionR1RewardConfig, region_r1_rewards
+from jaxrank.rl.grpo import GRPOConfig, clipped_policy_loss, compute_advantages
+from jaxrank.rl.sampling import sample_balanced_decisions, sample_decisions
+
+# (params, images uint8 [B, H, W, 3], question tokens [B, L]) -> PolicyOutput of shape [B]
+PolicyFn = Callable[[Any, jax.Array, jax.Array], PolicyOutput]
+# (scorer params, float32 pixels in [0, 255] [N, S, S, 3]) -> normalised embeddings [N, D]
+ScorerFn = Callable[[Any, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionGRPOConfig:
+    """r-GRPO: GRPO's settings, the reward's, decision balancing, and whether a slot that
+    balancing flipped (not drawn from the policy) still enters the loss."""
+
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    reward: RegionR1RewardConfig = dataclasses.field(default_factory=RegionR1RewardConfig)
+    balanced: bool = True
+    forced_in_loss: bool = True
+
+
+class Actions(NamedTuple):
+    """G sampled actions per query and the per-factor log-probs the loss needs."""
+
+    decision: jax.Array  # [B, G] int32, FULL or REGION
+    bins: jax.Array  # [B, G, 4] int32
+    forced: jax.Array  # [B, G] bool, flipped by decision balancing
+    old_logp: jax.Array  # [B, G, 5] under the sampling policy
+    ref_logp: jax.Array  # [B, G, 5] under the frozen reference
+    mask: jax.Array  # [B, G, 5] the factors each action has (and is trained on)
+
+
+def act(
+    out: PolicyOutput, ref_out: PolicyOutput, key: jax.Array, config: RegionGRPOConfig
+) -> Actions:
+    """Sample G actions per query from ``out``; score them under ``out`` and ``ref_out``."""
+    decision_key, box_key = jax.random.split(key)
+    group = config.grpo.num_generations
+    if config.balanced:
+        decision, forced = sample_balanced_decisions(decision_key, out.decision_logits, group)
+    else:
+        decision = sample_decisions(decision_key, out.decision_logits, group)
+        forced = jnp.zeros(decision.shape, bool)
+    bins = sample_boxes(out, box_key, group)
+    old_logp, mask = log_prob(out, decision, bins)
+    ref_logp, _ = log_prob(ref_out, decision, bins)
+    if not config.forced_in_loss:
+        mask = mask & ~forced[..., None]
+    return Actions(decision, bins, forced, old_logp, ref_logp, mask)
+
+
+def score(
+    embed: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    actions: Actions,
+    pool: jax.Array,
+    num_bins: int,
+    scorer_size: int,
+) -> rerank.PoolScores:
+    """Each action's crop (bins -> pixel box) re-ranks the query's pool ``[B, K, D]``."""
+    boxes = bins_to_boxes(actions.bins, images.shape[1], num_bins)
+    return rerank.score_actions(embed, images, actions.decision, boxes, pool, scorer_size)
+
+
+def judge(
+    scored: rerank.PoolScores,
+    actions: Actions,
+    labels: jax.Array,
+    pool_valid: jax.Array,
+    config: RegionGRPOConfig,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Rewards ``[B, G]``, advantages ``[B, G]`` and the reward's components."""
+    rewards, components = region_r1_rewards(
+        scored.scores,
+        scored.base,
+        labels,
+        actions.decision,
+        scored.box_valid,
+        pool_valid,
+        config.reward,
+    )
+    return rewards, compute_advantages(rewards, config.grpo.advantage), components
+
+
+def rollout_metrics(
+    out: PolicyOutput,
+    actions: Actions,
+    scored: rerank.PoolScores,
+    rewards: jax.Array,
+    components: dict[str, jax.Array],
+    labels: jax.Array,
+    pool_valid: jax.Array,
+    true_boxes: jax.Array,
+    num_bins: int,
+    image_size: int,
+) -> dict[str, jax.Array]:
+    """Scalars for the training log: reward, decisions, ranking quality of the sampled
+    actions, and how well REGION boxes cover the ground truth."""
+    region = actions.decision == REGION
+    scored_region = region & scored.box_valid
+    in_pool = metrics.has_positive(labels, pool_valid)  # [B]
+    shape = scored.scores.shape
+    hit = metrics.recall_at_k(
+        scored.scores,
+        jnp.broadcast_to(labels[:, None], shape),
+        1,
+        jnp.broadcast_to(pool_valid[:, None], shape),
+    )
+    base_hit = metrics.recall_at_k(scored.base, labels, 1, pool_valid)
+    boxes = bins_to_boxes(actions.bins, image_size, num_bins)
+    iou = imaging.box_iou(boxes, true_boxes[:, None])
+    return {
+        "reward": rewards.mean(),
+        "region_rate": region.mean(),
+        "invalid_box_rate": metrics.masked_mean(~scored.box_valid, region),
+        "forced_rate": actions.forced.mean(),
+        "cond_r1": metrics.masked_mean(hit, jnp.broadcast_to(in_pool[:, None], hit.shape)),
+        "full_cond_r1": metrics.masked_mean(base_hit, in_pool),
+        "region_iou": metrics.masked_mean(iou, scored_region),
+        "entropy": entropy(out).mean(),
+        **{name: metrics.masked_mean(value, scored_region) for name, value in components.items()},
+    }
+
+
+def make_rollout(
+    policy: PolicyFn,
+    scorer: ScorerFn,
+    config: RegionGRPOConfig,
+    num_bins: int,
+    scorer_size: int,
+) -> Callable[[Any, dict, jax.Array, dict], tuple[dict, dict[str, jax.Array]]]:
+    """``rollout(params, batch, key, frozen)`` for ``make_train_step``.
+
+    ``batch``: images [B, H, W, 3] uint8, tokens [B, L], pool_ids [B, K] (rows of
+    ``frozen["kb"]``), labels [B, K], pool_valid [B, K], boxes [B, 4] (ground truth, for
+    logging). ``frozen``: ``kb`` [N, D] candidate embeddings, ``scorer`` and ``ref`` params.
+    Returns the batch with its ``Actions`` and advantages added, and the rollout's metrics.
+    """
+
+    def rollout(params, batch, key, frozen):
+        images, tokens = batch["images"], batch["tokens"]
+        out = policy(params, images, tokens)
+        ref_out = policy(frozen["ref"], images, tokens)
+        actions = act(out, ref_out, key, config)
+        pool = frozen["kb"][batch["pool_ids"]]
+        scored = score(
+            lambda pixels: scorer(frozen["scorer"], pixels),
+            images,
+            actions,
+            pool,
+            num_bins,
+            scorer_size,
+        )
+        rewards, advantages, components = judge(
+            scored, actions, batch["labels"], batch["pool_valid"], config
+        )
+        logged = rollout_metrics(
+            out,
+            actions,
+            scored,
+            rewards,
+            components,
+            batch["labels"],
+            batch["pool_valid"],
+            batch["boxes"],
+            num_bins,
+            images.shape[1],
+        )
+        return dict(batch, actions=actions, advantages=advantages), logged
+
+    return rollout
+
+
+def make_loss(
+    policy: PolicyFn, config: RegionGRPOConfig
+) -> Callable[[Any, dict, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]:
+    """``loss_fn(params, batch, rng, frozen)`` over a batch that ``make_rollout`` filled."""
+    grpo = config.grpo
+
+    def loss_fn(params, batch, rng, frozen):
+        del rng, frozen
+        actions: Actions = batch["actions"]
+        out = policy(params, batch["images"], batch["tokens"])
+        logp, _ = log_prob(out, actions.decision, actions.bins)
+        loss_sum, count, logged = clipped_policy_loss(
+            logp,
+            actions.old_logp,
+            actions.ref_logp,
+            batch["advantages"],
+            actions.mask,
+            eps_low=grpo.eps_low,
+            eps_high=grpo.eps_high,
+            beta=grpo.beta,
+            aggregation=grpo.aggregation,
+        )
+        return loss_sum / jnp.maximum(count, 1.0), logged
+
+    return loss_fn
