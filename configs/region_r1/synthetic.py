@@ -49,6 +49,20 @@ def get_config() -> ml_collections.ConfigDict:
             "dtype": "float32",
         }
     )
+    # Supervised box pre-training on the training queries' ground-truth boxes: the grounding a
+    # pretrained VLM policy starts RL with (0 steps: RL from a random policy).
+    c.grounding = ml_collections.ConfigDict(
+        {
+            "steps": 300,
+            "batch_size": 64,
+            "learning_rate": 1e-3,
+            "warmup_steps": 50,
+            "weight_decay": 1e-4,
+            "grad_clip": 1.0,
+            "log_every": 25,
+            "checkpoint_every": 200,
+        }
+    )
     c.rl = ml_collections.ConfigDict(
         {
             "num_generations": 8,  # G (paper 8, released code 4)

@@ -106,6 +106,14 @@ def action_log_prob(out: PolicyOutput, decision: jax.Array, bins: jax.Array) -> 
     return jnp.sum(jnp.where(factor_mask, factor_logp, 0.0), axis=-1)
 
 
+def box_nll(out: PolicyOutput, bins: jax.Array) -> jax.Array:
+    """-log pi(box | REGION) [...] of target bins [..., 4]: the sum over the four coordinates,
+    without the decision factor. The supervised grounding loss (boxes only, so the decision
+    stays for RL to learn)."""
+    logp = jax.nn.log_softmax(out.box_logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, bins[..., None], axis=-1)[..., 0].sum(axis=-1)
+
+
 def _categorical_entropy(logits: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)

@@ -23,6 +23,7 @@ from jaxrank.checkpoint import Checkpointer
 from jaxrank.data.arrays import array_batches
 from jaxrank.data.synthetic import World, query_preset, world_vocabulary
 from jaxrank.data.vocabulary import PAD
+from jaxrank.models.action import box_nll, boxes_to_bins
 from jaxrank.models.crop_policy import CropPolicy, tiny_crop_policy
 from jaxrank.optim import adamw_warmup_cosine
 from jaxrank.recipes import contrastive, region_r1_eval
@@ -32,7 +33,7 @@ from jaxrank.rl.grpo import GRPOConfig
 from jaxrank.search import Index
 from jaxrank.train_step import TrainState, make_train_step
 from jaxrank.trainer import fit
-from jaxrank.workdir import prepare_workdir
+from jaxrank.workdir import WorkdirError, prepare_workdir
 
 INDEX_FILE = "kb_index.safetensors"
 
@@ -131,25 +132,91 @@ TRAIN_KEYS = ("images", "tokens", "boxes", "pool_ids", "labels", "pool_valid")
 
 
 def setup(cfg: ml_collections.ConfigDict, workdir: Path):
-    """Everything a run needs before its first step."""
+    """The mesh, the frozen scorer with its index, and the freshly initialised policy."""
     mesh = parallel.mesh_from_config(cfg.mesh)
-    if cfg.train.batch_size % mesh.shape[parallel.DATA]:
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must be divisible by the "
-            f"{mesh.shape[parallel.DATA]} devices of the data axis"
-        )
+    for stage in ("train", "grounding"):
+        if cfg[stage].batch_size % mesh.shape[parallel.DATA]:
+            raise ValueError(
+                f"{stage}.batch_size={cfg[stage].batch_size} must be divisible by the "
+                f"{mesh.shape[parallel.DATA]} devices of the data axis"
+            )
     scorer = Scorer(cfg, workdir, mesh)
-    policy = build_policy(cfg, mesh)
-    graphdef, params = nnx.split(policy, nnx.Param)
-    reference = jax.tree.map(jnp.copy, params)
-    optimizer = adamw_warmup_cosine(cfg.train)
+    graphdef, params = nnx.split(build_policy(cfg, mesh), nnx.Param)
+    return mesh, scorer, graphdef, params
+
+
+def grounding_loss(policy: region_grpo.PolicyFn, image_size: int, num_bins: int):
+    """Supervised grounding: -log pi(ground-truth box | REGION), the box factors only."""
+
+    def loss_fn(params, batch, rng, frozen):
+        del rng, frozen
+        out = policy(params, batch["images"], batch["tokens"])
+        nll = box_nll(out, boxes_to_bins(batch["boxes"], image_size, num_bins)).mean()
+        return nll, {"box_nll": nll}
+
+    return loss_fn
+
+
+def ground(
+    cfg: ml_collections.ConfigDict,
+    workdir: Path,
+    graphdef: nnx.GraphDef,
+    params: Any,
+    train_arrays: dict[str, np.ndarray] | None,
+    mesh: jax.sharding.Mesh,
+) -> Any:
+    """The policy RL starts from: ``grounding.steps`` supervised steps on the training queries'
+    ground-truth boxes (in ``<workdir>/grounding``, resumable), or ``params`` when 0.
+
+    Region-R1's policy is a pretrained VLM that can already draw boxes; RL teaches it when to
+    crop and which crop helps the scorer. This stage gives the small policy that starting
+    point. ``train_arrays`` may be None once the stage has finished (re-evaluation).
+    """
+    grounding = cfg.grounding
+    if grounding.steps == 0:
+        return params
+    directory = workdir / "grounding"
+    directory.mkdir(exist_ok=True)
+    optimizer = adamw_warmup_cosine(grounding)
     state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
-    frozen = {
+    with Checkpointer(directory / "checkpoints") as checkpointer:
+        if checkpointer.latest_step() == grounding.steps:
+            return checkpointer.restore(state)[1].params
+    if train_arrays is None:
+        raise WorkdirError(f"{directory} holds no finished grounding stage; train the run first")
+    policy = policy_fn(graphdef, cfg.policy.image_size)
+    loss = grounding_loss(policy, train_arrays["images"].shape[1], cfg.policy.num_bins)
+    step_fn = jax.jit(
+        make_train_step(loss, optimizer),
+        donate_argnums=0,
+        out_shardings=(jax.tree.map(lambda x: x.sharding, state), None),
+    )
+    with jax.set_mesh(mesh):
+        state = fit(
+            workdir=directory,
+            state=state,
+            step_fn=step_fn,
+            data=array_batches(train_arrays, grounding.batch_size, cfg.seed + 1),
+            place_batch=lambda b: parallel.shard_batch(b, mesh),
+            total_steps=grounding.steps,
+            log_every=grounding.log_every,
+            checkpoint_every=grounding.checkpoint_every,
+            samples_per_step=grounding.batch_size,
+        )
+    return state.params
+
+
+def frozen_inputs(scorer: Scorer, reference: Any, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """What the step reads but never updates: candidate embeddings, scorer, reference policy."""
+    return {
         "kb": parallel.put_replicated(scorer.kb, mesh),
         "scorer": scorer.params,
         "ref": reference,
     }
-    return mesh, scorer, graphdef, state, optimizer, frozen
+
+
+def _copy(tree: Any) -> Any:
+    return jax.tree.map(jnp.copy, tree)
 
 
 def make_step(cfg, graphdef, scorer: Scorer, optimizer):
@@ -168,7 +235,8 @@ def make_step(cfg, graphdef, scorer: Scorer, optimizer):
 
 def step_profile(cfg, graphdef, scorer: Scorer, state, batch, frozen) -> dict[str, float]:
     """Milliseconds per step of each part (policy + sampling, crop + score, reward +
-    advantage, update), each jitted on its own, and of the whole fused step."""
+    advantage, update), each jitted on its own; the fused step's own time is the training
+    log's steps/s (XLA fuses across the parts, so it is less than their sum)."""
     rl = grpo_config(cfg)
     policy = policy_fn(graphdef, cfg.policy.image_size)
     num_bins, size = cfg.policy.num_bins, scorer.input_size
@@ -193,7 +261,6 @@ def step_profile(cfg, graphdef, scorer: Scorer, state, batch, frozen) -> dict[st
     update = jax.jit(
         make_train_step(region_grpo.make_loss(policy, rl), adamw_warmup_cosine(cfg.train))
     )
-    whole = jax.jit(make_step(cfg, graphdef, scorer, adamw_warmup_cosine(cfg.train)))
     repeats = cfg.train.profile_repeats
     actions = act(state.params, batch, frozen)
     scored = score(actions, batch, frozen)
@@ -208,27 +275,31 @@ def step_profile(cfg, graphdef, scorer: Scorer, state, batch, frozen) -> dict[st
             judge, scored, actions, batch, repeats=repeats
         ),
         "update_ms": profiling.milliseconds(update, state, filled, frozen, repeats=repeats),
-        "fused_step_ms": profiling.milliseconds(whole, state, batch, frozen, repeats=repeats),
     }
 
 
-def evaluate(cfg, graphdef, params, frozen, scorer: Scorer, mesh) -> dict[str, Any]:
+def evaluate(cfg, graphdef, params, initial, frozen, scorer: Scorer, mesh) -> dict[str, Any]:
     """The policy and the baselines on each evaluation preset's held-out queries."""
     query_sets = {
         preset: query_set(scorer, "test", (preset,), cfg.eval.num_queries, cfg, mesh)
         for preset in cfg.eval.presets
     }
+    sampled = {"untrained_policy": initial}
+    if cfg.grounding.steps:
+        sampled["grounded_policy"] = frozen["ref"]
     policy = policy_fn(graphdef, cfg.policy.image_size)
-    return region_r1_eval.evaluate(
-        cfg, policy, params, frozen["ref"], frozen, scorer, query_sets, mesh
-    )
+    return region_r1_eval.evaluate(cfg, policy, params, sampled, frozen, scorer, query_sets, mesh)
+
+
+def _info(mesh, **values) -> dict[str, Any]:
+    return {"devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}", **values}
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     workdir = prepare_workdir(workdir, cfg)
     started = time.perf_counter()
-    mesh, scorer, graphdef, state, optimizer, frozen = setup(cfg, workdir)
-    setup_seconds = time.perf_counter() - started
+    mesh, scorer, graphdef, params = setup(cfg, workdir)
+    initial = _copy(params)
     train = query_set(
         scorer,
         "train",
@@ -238,12 +309,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
         mesh,
     )
     train_arrays = {k: train[k] for k in TRAIN_KEYS}
+    grounding_started = time.perf_counter()
+    params = ground(cfg, workdir, graphdef, params, train_arrays, mesh)
+    grounding_seconds = time.perf_counter() - grounding_started
+    frozen = frozen_inputs(scorer, _copy(params), mesh)
+    optimizer = adamw_warmup_cosine(cfg.train)
+    state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
     data = array_batches(train_arrays, cfg.train.batch_size, cfg.seed, cfg.train.data_threads)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
     step_fn = jax.jit(
         make_step(cfg, graphdef, scorer, optimizer),
         donate_argnums=0,
-        out_shardings=(state_sharding, None),
+        out_shardings=(jax.tree.map(lambda x: x.sharding, state), None),
     )
     with jax.set_mesh(mesh):
         sample = parallel.shard_batch(next(iter(data)), mesh)
@@ -262,28 +338,33 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
             samples_per_step=cfg.train.batch_size,
         )
         train_seconds = time.perf_counter() - train_started
-        results = evaluate(cfg, graphdef, state.params, frozen, scorer, mesh)
-    info = {
-        "setup_seconds": setup_seconds,
-        "train_seconds": train_seconds,
-        "steps": cfg.train.steps,
-        "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
-        "step_profile": profile,
-        "train_pools_with_positive": float(train["labels"].any(axis=1).mean()),
-    }
+        results = evaluate(cfg, graphdef, state.params, initial, frozen, scorer, mesh)
+    info = _info(
+        mesh,
+        steps=cfg.train.steps,
+        grounding_seconds=grounding_seconds,
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+        step_profile=profile,
+        train_pools_with_positive=float(train["labels"].any(axis=1).mean()),
+    )
     region_r1_eval.write_report(workdir, cfg, results, info)
     return results
 
 
 def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Re-evaluate the latest policy checkpoint of a run."""
+    """Re-evaluate the latest policy checkpoint of a trained run."""
     workdir = prepare_workdir(workdir, cfg)
-    mesh, scorer, graphdef, state, _, frozen = setup(cfg, workdir)
+    mesh, scorer, graphdef, params = setup(cfg, workdir)
+    initial = _copy(params)
+    reference = ground(cfg, workdir, graphdef, params, None, mesh)
+    frozen = frozen_inputs(scorer, reference, mesh)
+    optimizer = adamw_warmup_cosine(cfg.train)
+    state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(_copy(reference))
     with Checkpointer(workdir / "checkpoints") as checkpointer:
         step, state, _ = checkpointer.restore(state)
     with jax.set_mesh(mesh):
-        results = evaluate(cfg, graphdef, state.params, frozen, scorer, mesh)
-    info = {"steps": step, "train_seconds": 0.0, "setup_seconds": 0.0, "step_profile": {}}
-    info["devices"] = f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}"
+        results = evaluate(cfg, graphdef, state.params, initial, frozen, scorer, mesh)
+    info = _info(mesh, steps=step, train_seconds=0.0, step_profile={})
     region_r1_eval.write_report(workdir, cfg, results, info)
     return results

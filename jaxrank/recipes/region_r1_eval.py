@@ -23,18 +23,25 @@ from jaxrank.models.action import bins_to_boxes, mode, sample_boxes
 from jaxrank.rewards.region_r1 import FULL, REGION
 from jaxrank.rl.sampling import sample_decisions
 
-STRATEGIES = ("full", "centre_crop", "random_crop", "oracle_crop", "untrained_policy", "policy")
+BASELINES = ("full", "centre_crop", "random_crop", "oracle_crop")
+POLICY = "policy"
 
 
-def _strategy_actions(cfg, policy, params, initial, batch, key):
-    """Decisions ``[B, S]`` and boxes ``[B, S, 4]`` of every strategy, in ``STRATEGIES`` order."""
+def strategy_names(sampled: dict[str, Any]) -> tuple[str, ...]:
+    """The baselines, the sampled policies (e.g. untrained) in key order, as jit flattens a
+    dict, then the trained policy (greedy)."""
+    return (*BASELINES, *sorted(sampled), POLICY)
+
+
+def _strategy_actions(cfg, policy, params, sampled, batch, key):
+    """Decisions ``[B, S]`` and boxes ``[B, S, 4]`` of every strategy, in ``strategy_names``
+    order; each policy in ``sampled`` takes one action drawn from it."""
     images, tokens = batch["images"], batch["tokens"]
     b, height, width = images.shape[:3]
     num_bins = cfg.policy.num_bins
     keys = jax.vmap(lambda row: jax.random.fold_in(key, row))(batch["rows"])
 
     trained_decision, trained_bins = mode(policy(params, images, tokens))
-    initial_out = policy(initial, images, tokens)
 
     def sample_one(k, out):
         decision_key, box_key = jax.random.split(k)
@@ -42,7 +49,10 @@ def _strategy_actions(cfg, policy, params, initial, batch, key):
             out, box_key, 1
         )[0]
 
-    untrained_decision, untrained_bins = jax.vmap(sample_one)(keys, initial_out)
+    drawn = [
+        jax.vmap(sample_one)(keys, policy(sampled[name], images, tokens))
+        for name in sorted(sampled)
+    ]
     random_box = jax.vmap(
         lambda k: crop_baselines.random_boxes(
             jax.random.fold_in(k, 1), (), height, width, tuple(cfg.eval.random_fraction)
@@ -52,17 +62,17 @@ def _strategy_actions(cfg, policy, params, initial, batch, key):
     centre = crop_baselines.centre_boxes((b,), height, width, cfg.eval.centre_fraction)
     region = jnp.full((b,), REGION, jnp.int32)
     decisions = [jnp.full((b,), FULL, jnp.int32), region, region, region]
-    decisions += [untrained_decision, trained_decision]
+    decisions += [*(d for d, _ in drawn), trained_decision]
     boxes = [full_box, centre, random_box, batch["boxes"]]
-    boxes += [bins_to_boxes(bins, width, num_bins) for bins in (untrained_bins, trained_bins)]
+    boxes += [bins_to_boxes(bins, width, num_bins) for _, bins in [*drawn, (None, trained_bins)]]
     return jnp.stack(decisions, axis=1), jnp.stack(boxes, axis=1)
 
 
 def make_evaluator(cfg, policy, scorer):
     @jax.jit
-    def evaluate_batch(params, initial, frozen, batch):
+    def evaluate_batch(params, sampled, frozen, batch):
         key = jax.random.key(cfg.seed)
-        decisions, boxes = _strategy_actions(cfg, policy, params, initial, batch, key)
+        decisions, boxes = _strategy_actions(cfg, policy, params, sampled, batch, key)
         pool = frozen["kb"][batch["pool_ids"]]
         scored = rerank.score_actions(
             lambda pixels: scorer.embed(frozen["scorer"], pixels),
@@ -118,7 +128,7 @@ def evaluate(
     cfg: ml_collections.ConfigDict,
     policy,
     params: Any,
-    initial: Any,
+    sampled: dict[str, Any],
     frozen: dict[str, Any],
     scorer,
     query_sets: dict[str, dict[str, Any]],
@@ -133,7 +143,7 @@ def evaluate(
         rows = np.arange(len(queries["images"]), dtype=np.int32)
         out = retrieval_eval.embed_in_batches(
             lambda *arrays: evaluate_batch(
-                params, initial, frozen, dict(zip(names, arrays, strict=True))
+                params, sampled, frozen, dict(zip(names, arrays, strict=True))
             ),
             [*(queries[k] for k in names[:-1]), rows],
             cfg.eval.batch_size,
@@ -149,7 +159,7 @@ def evaluate(
                 queries["pool_valid"],
                 tuple(cfg.eval.ks),
             )
-            for s, name in enumerate(STRATEGIES)
+            for s, name in enumerate(strategy_names(sampled))
         }
         results[preset] = {
             "metrics": per_strategy,
@@ -209,7 +219,7 @@ def write_report(
         ),
         report.plot_bars(
             {
-                preset: {s: r["metrics"][s]["cond_recall@1"] for s in STRATEGIES}
+                preset: {s: m["cond_recall@1"] for s, m in r["metrics"].items()}
                 for preset, r in results.items()
             },
             workdir / "cond_recall_at_1.png",
@@ -248,9 +258,10 @@ def write_report(
         "",
     ]
     report.write_report(workdir, {"evaluation": metrics_only, "train": info}, "\n".join(lines))
+    strategies = next(iter(metrics_only.values()))
     summary = [
         {"strategy": s, **{p: metrics_only[p][s]["cond_recall@1"] for p in metrics_only}}
-        for s in STRATEGIES
+        for s in strategies
     ]
     print("CondR@1 on held-out queries")
     print(report.table(summary, ["strategy", *metrics_only], fmt="simple"))
