@@ -2,6 +2,9 @@
 pipeline from the command line on a tiny config (files, baselines' invariants, resume)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxrank import cli, parallel
+from jaxrank import parallel
 from jaxrank.configs import apply_overrides, load_config_file
 from jaxrank.data.synthetic import query_preset, world_vocabulary
 from jaxrank.recipes import contrastive, region_r1
@@ -21,10 +24,23 @@ from jaxrank.train_step import TrainState
 CONFIG = Path(__file__).parents[1] / "configs" / "region_r1" / "synthetic.py"
 
 
+# Small towers: compile time grows with depth, and these tests are about wiring.
+TINY_MODELS = [
+    "scorer.model.width=32",
+    "scorer.model.depth=1",
+    "scorer.model.heads=2",
+    "scorer.model.embed_dim=16",
+    "policy.width=32",
+    "policy.depth=1",
+    "policy.heads=2",
+    "policy.fusion_depth=1",
+]
+
+
 def tiny_config(*extra):
     return apply_overrides(
         load_config_file(CONFIG),
-        ["train.batch_size=8", "rl.num_generations=4", *extra],
+        [*TINY_MODELS, "train.batch_size=8", "rl.num_generations=4", *extra],
     )
 
 
@@ -65,11 +81,15 @@ def one_step(cfg, mesh):
     return jax.device_get((state.params, metrics))
 
 
+@pytest.fixture(scope="module")
+def single_device_step():
+    return one_step(tiny_config(), parallel.make_mesh(1, 1, jax.devices()[:1]))
+
+
 @pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
-def test_sharded_step_equals_single_device(shape):
-    cfg = tiny_config()
-    single_params, single = one_step(cfg, parallel.make_mesh(1, 1, jax.devices()[:1]))
-    params, sharded = one_step(cfg, parallel.make_mesh(*shape))
+def test_sharded_step_equals_single_device(shape, single_device_step):
+    single_params, single = single_device_step
+    params, sharded = one_step(tiny_config(), parallel.make_mesh(*shape))
     # The same RNG stream: the same actions, so the same rewards and decisions.
     for key in ("reward", "region_rate", "invalid_box_rate", "cond_r1", "forced_rate"):
         np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
@@ -80,8 +100,8 @@ def test_sharded_step_equals_single_device(shape):
 
 
 TINY_RUN = [
-    "scorer.train.steps=30",
-    "scorer.train.checkpoint_every=30",
+    "scorer.train.steps=10",
+    "scorer.train.checkpoint_every=10",
     "scorer.eval.num_queries=16",
     "scorer.eval.batch_size=16",
     "scorer.eval.presets=('moderate',)",
@@ -99,13 +119,25 @@ TINY_RUN = [
 ]
 
 
+def run_cli(*args):
+    """The command in a fresh process with one CPU device and XLA's cheapest optimisation
+    level: this test is about wiring (the 8-device step is tested above), and its time is
+    almost all compilation."""
+    flags = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+    env = dict(os.environ, XLA_FLAGS=flags)
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxrank.cli", *args], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slow
-def test_pipeline_from_the_command_line(tmp_path, capsys):
+def test_pipeline_from_the_command_line(tmp_path):
     workdir = tmp_path / "run"
     args = ["train", "--config", str(CONFIG), "--workdir", str(workdir)]
-    overrides = [f"--config.{o}" for o in [*TINY_RUN, "train.batch_size=8"]]
-    assert cli.main([*args, *overrides]) == 0
-    assert "CondR@1 on held-out queries" in capsys.readouterr().out
+    overrides = [f"--config.{o}" for o in [*TINY_MODELS, *TINY_RUN, "train.batch_size=8"]]
+    assert "CondR@1 on held-out queries" in run_cli(*args, *overrides)
 
     report = json.loads((workdir / "report.json").read_text())
     for preset in ("moderate", "easy"):
@@ -133,6 +165,7 @@ def test_pipeline_from_the_command_line(tmp_path, capsys):
     assert len(index) == 256
 
     # Re-running the finished run only re-evaluates, with the same numbers.
-    assert cli.main([*args, *overrides]) == 0
+    run_cli(*args, *overrides)
     again = json.loads((workdir / "report.json").read_text())
     assert again["evaluation"] == report["evaluation"]
+    assert again["train"]["step_profile"] == report["train"]["step_profile"]

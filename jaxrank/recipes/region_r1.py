@@ -8,6 +8,7 @@ baselines (``region_r1_eval``).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -295,8 +296,16 @@ def _info(mesh, **values) -> dict[str, Any]:
     return {"devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}", **values}
 
 
+def _finished(cfg: ml_collections.ConfigDict, workdir: Path) -> bool:
+    with Checkpointer(workdir / "checkpoints") as checkpointer:
+        return checkpointer.latest_step() == cfg.train.steps
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Every stage, each resumed from its checkpoints; a finished run is only re-evaluated."""
     workdir = prepare_workdir(workdir, cfg)
+    if _finished(cfg, workdir):
+        return evaluate_workdir(cfg, workdir)
     started = time.perf_counter()
     mesh, scorer, graphdef, params = setup(cfg, workdir)
     initial = _copy(params)
@@ -353,7 +362,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
 
 
 def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Re-evaluate the latest policy checkpoint of a trained run."""
+    """Re-evaluate the latest policy checkpoint of a trained run (keeping the report's
+    training figures)."""
     workdir = prepare_workdir(workdir, cfg)
     mesh, scorer, graphdef, params = setup(cfg, workdir)
     initial = _copy(params)
@@ -365,6 +375,8 @@ def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dic
         step, state, _ = checkpointer.restore(state)
     with jax.set_mesh(mesh):
         results = evaluate(cfg, graphdef, state.params, initial, frozen, scorer, mesh)
-    info = _info(mesh, steps=step, train_seconds=0.0, step_profile={})
+    previous = workdir / "report.json"
+    info = json.loads(previous.read_text())["train"] if previous.exists() else {}
+    info = {"train_seconds": 0.0, "step_profile": {}, **info, **_info(mesh, steps=step)}
     region_r1_eval.write_report(workdir, cfg, results, info)
     return results
