@@ -1,0 +1,110 @@
+"""Region-R1 over several seeds, with decision-balanced group sampling on and off.
+
+    .venv/bin/python scripts/region_r1_sweep.py --scorer runs/default/scorer \
+        --out docs/bench/region_r1_seeds.json
+
+Every run shares one finished scorer (the main job's), so runs differ only in the policy's
+seed (initialisation, grounding batches, sampling) and in balancing. Each run is an ordinary
+run folder under --root, resumed if it exists. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+from jaxrank import report
+from jaxrank.configs import apply_overrides, load_config_file
+from jaxrank.recipes import region_r1
+
+STRATEGIES = ("full", "centre_crop", "random_crop", "oracle_crop", "grounded_policy", "policy")
+
+
+def run_one(args, seed: int, balanced: bool) -> dict:
+    overrides = [
+        f"seed={seed}",
+        f"rl.balanced={balanced}",
+        f"scorer_workdir={args.scorer}",
+        *args.override,
+    ]
+    cfg = apply_overrides(load_config_file(args.config), overrides)
+    workdir = Path(args.root) / f"seed{seed}_{'balanced' if balanced else 'unbalanced'}"
+    started = time.perf_counter()
+    results = region_r1.train_and_evaluate(cfg, workdir)
+    train = json.loads((workdir / "report.json").read_text())["train"]
+    return {
+        "seed": seed,
+        "balanced": balanced,
+        "workdir": str(workdir),
+        "seconds": time.perf_counter() - started,
+        "train_seconds": train.get("train_seconds"),
+        "metrics": {
+            preset: {name: r["metrics"][name] for name in STRATEGIES if name in r["metrics"]}
+            for preset, r in results.items()
+        },
+    }
+
+
+def summary_rows(runs: list[dict], preset: str) -> list[dict]:
+    rows = []
+    for balanced in (True, False):
+        chosen = [r for r in runs if r["balanced"] == balanced]
+        for name in STRATEGIES:
+            values = [r["metrics"][preset][name]["cond_recall@1"] for r in chosen]
+            crops = [r["metrics"][preset][name]["crop_rate"] for r in chosen]
+            rows.append(
+                {
+                    "balanced": balanced,
+                    "strategy": name,
+                    "CondR@1 mean": statistics.mean(values),
+                    "CondR@1 std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "per seed": " ".join(f"{v:.3f}" for v in values),
+                    "crop rate": statistics.mean(crops),
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/region_r1/synthetic.py")
+    parser.add_argument("--scorer", required=True, help="a finished contrastive scorer run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--root", default="runs/sweep", help="parent of the run folders")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--override", nargs="*", default=[], help="extra a.b=v overrides")
+    args = parser.parse_args()
+    Path(args.root).mkdir(parents=True, exist_ok=True)
+
+    runs = [run_one(args, seed, balanced) for balanced in (True, False) for seed in args.seeds]
+    presets = list(runs[0]["metrics"])
+    columns = ["balanced", "strategy", "CondR@1 mean", "CondR@1 std", "per seed", "crop rate"]
+    for preset in presets:
+        print(f"\n{preset}: CondR@1 over seeds {args.seeds}")
+        print(report.table(summary_rows(runs, preset), columns, fmt="simple"))
+    out = {
+        "command": "scripts/region_r1_sweep.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v not in (None, [])),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+        },
+        "summary": {preset: summary_rows(runs, preset) for preset in presets},
+        "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
