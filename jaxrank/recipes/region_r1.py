@@ -333,6 +333,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     with jax.set_mesh(mesh):
         sample = parallel.shard_batch(next(iter(data)), mesh)
         profile = step_profile(cfg, graphdef, scorer, state, sample, frozen)
+        print("r-GRPO step parts (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in profile.items()))
         train_started = time.perf_counter()
         state = fit(
             workdir=workdir,
