@@ -88,3 +88,26 @@ def test_baseline_boxes():
         crop_baselines.centre_boxes((1,), 8, 8, 0.0)
     with pytest.raises(ValueError, match="fractions"):
         crop_baselines.random_boxes(jax.random.key(0), (1,), 8, 8, (0.8, 0.2))
+
+
+def test_strategy_metrics_count_and_exclude_degenerate_pools():
+    """Hand-worked: query 0 has its positive first with the crop (second with the full image);
+    query 1's pool holds no positive; query 2's pool is all padding. CondR@1 counts query 0
+    only; the empty pool and the invalid box are counted."""
+    from jaxrank.recipes.region_r1_eval import strategy_metrics
+
+    scores = np.array([[0.2, 0.9, 0.1], [0.5, 0.4, 0.3], [0.0, 0.0, 0.0]], np.float32)
+    base = np.array([[0.9, 0.2, 0.1], [0.5, 0.4, 0.3], [0.0, 0.0, 0.0]], np.float32)
+    labels = np.array([[0, 1, 0], [0, 0, 0], [0, 1, 0]], np.float32)
+    pool_valid = np.array([[True] * 3, [True] * 3, [False] * 3])
+    decision = np.array([REGION, REGION, FULL])
+    box_valid = np.array([True, False, True])
+    m = strategy_metrics(scores, base, decision, box_valid, labels, pool_valid, (1, 2))
+    assert m["num_with_positive"] == 1 and m["num_empty_pools"] == 1
+    assert m["cond_recall@1"] == 1.0
+    np.testing.assert_allclose(m["recall@1"], 1 / 3)
+    np.testing.assert_allclose(m["mrr"], 1 / 3)
+    assert m["invalid_boxes"] == 1
+    # The full image ranks no query's positive first: all three count as "full not first".
+    np.testing.assert_allclose(m["crop_rate_full_not_first"], 2 / 3)
+    assert m["crop_rate_full_first"] == 0.0
