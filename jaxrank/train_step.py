@@ -100,3 +100,10 @@ def make_train_step(
         return new_state, {**rollout_metrics, **metrics}
 
     return step
+
+
+def jit_train_step(step: Callable, state: TrainState) -> Callable:
+    """``step`` jitted as every recipe runs it: the state donated (updated in place) and
+    returned on the shardings it came with."""
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, None))

@@ -25,7 +25,7 @@ from jaxrank.data.vocabulary import EOS
 from jaxrank.models.dual_encoder import DualEncoder
 from jaxrank.models.presets import tiny_clip, tiny_siglip
 from jaxrank.optim import adamw_warmup_cosine
-from jaxrank.train_step import TrainState, make_train_step
+from jaxrank.train_step import TrainState, jit_train_step, make_train_step
 from jaxrank.trainer import fit
 from jaxrank.workdir import prepare_workdir
 
@@ -310,12 +310,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
             f"train.batch_size={cfg.train.batch_size} must be divisible by the "
             f"{mesh.shape[parallel.DATA]} devices of the data axis"
         )
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = jax.jit(
-        make_train_step(make_loss(graphdef, cfg), optimizer),
-        donate_argnums=0,
-        out_shardings=(state_sharding, None),
-    )
+    step_fn = jit_train_step(make_train_step(make_loss(graphdef, cfg), optimizer), state)
     kb = parallel.put_replicated(knowledge_base(world, cfg), mesh)
     started = time.perf_counter()
     with jax.set_mesh(mesh):

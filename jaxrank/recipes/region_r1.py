@@ -32,7 +32,7 @@ from jaxrank.rewards.region_r1 import RegionR1RewardConfig
 from jaxrank.rl import region_grpo
 from jaxrank.rl.grpo import GRPOConfig
 from jaxrank.search import Index
-from jaxrank.train_step import TrainState, make_train_step
+from jaxrank.train_step import TrainState, jit_train_step, make_train_step
 from jaxrank.trainer import fit
 from jaxrank.workdir import WorkdirError, prepare_workdir
 
@@ -84,11 +84,7 @@ class Scorer:
         self.kb = kb["pair"]
         self.index = Index.from_array(self.kb, metric="cosine", mesh=mesh)
         self.index.save(workdir / INDEX_FILE)
-        self._full = jax.jit(
-            lambda params, images: self.embed(
-                params, imaging.resize(images, self.input_size).astype(jnp.float32)
-            )
-        )
+        self._full, _, _ = contrastive.encoders(graphdef, cfg.scorer)
 
     def full_image_embeddings(self, images: np.ndarray, batch: int, mesh) -> np.ndarray:
         return retrieval_eval.embed_in_batches(
@@ -123,9 +119,7 @@ def query_set(
         "pool_ids": np.maximum(pools, 0).astype(np.int32),
         "labels": (pools == entity[:, None]).astype(np.float32),
         "pool_valid": pools >= 0,
-        "entity": entity,
         "questions": questions,
-        "preset": np.repeat(np.arange(len(presets)), per_preset),
     }
 
 
@@ -187,11 +181,7 @@ def ground(
         raise WorkdirError(f"{directory} holds no finished grounding stage; train the run first")
     policy = policy_fn(graphdef, cfg.policy.image_size)
     loss = grounding_loss(policy, train_arrays["images"].shape[1], cfg.policy.num_bins)
-    step_fn = jax.jit(
-        make_train_step(loss, optimizer),
-        donate_argnums=0,
-        out_shardings=(jax.tree.map(lambda x: x.sharding, state), None),
-    )
+    step_fn = jit_train_step(make_train_step(loss, optimizer), state)
     with jax.set_mesh(mesh):
         state = fit(
             workdir=directory,
@@ -221,8 +211,7 @@ def _copy(tree: Any) -> Any:
 
 
 def make_step(cfg, graphdef, scorer: Scorer, optimizer):
-    rl = grpo_config(cfg)
-    policy = policy_fn(graphdef, cfg.policy.image_size)
+    policy, rl = policy_fn(graphdef, cfg.policy.image_size), grpo_config(cfg)
     rollout = region_grpo.make_rollout(
         policy, scorer.embed, rl, cfg.policy.num_bins, scorer.input_size
     )
@@ -238,45 +227,27 @@ def step_profile(cfg, graphdef, scorer: Scorer, state, batch, frozen) -> dict[st
     """Milliseconds per step of each part (policy + sampling, crop + score, reward +
     advantage, update), each jitted on its own; the fused step's own time is the training
     log's steps/s (XLA fuses across the parts, so it is less than their sum)."""
-    rl = grpo_config(cfg)
-    policy = policy_fn(graphdef, cfg.policy.image_size)
-    num_bins, size = cfg.policy.num_bins, scorer.input_size
-    key = jax.random.key(0)
-
-    @jax.jit
-    def act(params, batch, frozen):
-        out = policy(params, batch["images"], batch["tokens"])
-        ref_out = policy(frozen["ref"], batch["images"], batch["tokens"])
-        return region_grpo.act(out, ref_out, key, rl)
-
-    @jax.jit
-    def score(actions, batch, frozen):
-        embed = lambda pixels: scorer.embed(frozen["scorer"], pixels)
-        pool = frozen["kb"][batch["pool_ids"]]
-        return region_grpo.score(embed, batch["images"], actions, pool, num_bins, size)
-
-    @jax.jit
-    def judge(scored, actions, batch):
-        return region_grpo.judge(scored, actions, batch["labels"], batch["pool_valid"], rl)
-
+    policy, rl = policy_fn(graphdef, cfg.policy.image_size), grpo_config(cfg)
+    stages = region_grpo.rollout_stages(
+        policy, scorer.embed, rl, cfg.policy.num_bins, scorer.input_size
+    )
+    act, score, judge = (jax.jit(stage) for stage in stages)
     update = jax.jit(
         make_train_step(region_grpo.make_loss(policy, rl), adamw_warmup_cosine(cfg.train))
     )
-    repeats = cfg.train.profile_repeats
-    actions = act(state.params, batch, frozen)
+    key = jax.random.key(0)
+    _, actions = act(state.params, batch, key, frozen)
     scored = score(actions, batch, frozen)
     _, advantages, _ = judge(scored, actions, batch)
     filled = dict(batch, actions=actions, advantages=advantages)
-    return {
-        "policy_and_sampling_ms": profiling.milliseconds(
-            act, state.params, batch, frozen, repeats=repeats
-        ),
-        "crop_and_score_ms": profiling.milliseconds(score, actions, batch, frozen, repeats=repeats),
-        "reward_and_advantage_ms": profiling.milliseconds(
-            judge, scored, actions, batch, repeats=repeats
-        ),
-        "update_ms": profiling.milliseconds(update, state, filled, frozen, repeats=repeats),
+    timed = {
+        "policy_and_sampling_ms": (act, state.params, batch, key, frozen),
+        "crop_and_score_ms": (score, actions, batch, frozen),
+        "reward_and_advantage_ms": (judge, scored, actions, batch),
+        "update_ms": (update, state, filled, frozen),
     }
+    repeats = cfg.train.profile_repeats
+    return {name: profiling.milliseconds(*call, repeats=repeats) for name, call in timed.items()}
 
 
 def evaluate(cfg, graphdef, params, initial, frozen, scorer: Scorer, mesh) -> dict[str, Any]:
@@ -325,11 +296,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     optimizer = adamw_warmup_cosine(cfg.train)
     state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
     data = array_batches(train_arrays, cfg.train.batch_size, cfg.seed, cfg.train.data_threads)
-    step_fn = jax.jit(
-        make_step(cfg, graphdef, scorer, optimizer),
-        donate_argnums=0,
-        out_shardings=(jax.tree.map(lambda x: x.sharding, state), None),
-    )
+    step_fn = jit_train_step(make_step(cfg, graphdef, scorer, optimizer), state)
     with jax.set_mesh(mesh):
         sample = parallel.shard_batch(next(iter(data)), mesh)
         profile = step_profile(cfg, graphdef, scorer, state, sample, frozen)

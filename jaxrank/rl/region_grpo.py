@@ -8,7 +8,8 @@ actions under the parameters being trained: the clipped ratio objective with a k
 reference, over the action's factors (decision, x1, y1, x2, y2) as GRPO's "tokens".
 
 The three stages of the rollout (``act``, ``score``, ``judge``) are separate functions so that a
-profiler can time each on its own; ``make_rollout`` composes them for the training step.
+profiler can time each on its own (``rollout_stages``); ``make_rollout`` composes them for the
+training step.
 """
 
 from __future__ import annotations
@@ -152,6 +153,44 @@ def rollout_metrics(
     }
 
 
+class RolloutStages(NamedTuple):
+    """The rollout's three stages on a batch dict (see ``make_rollout``), each jittable alone:
+    ``act(params, batch, key, frozen) -> (PolicyOutput, Actions)``,
+    ``score(actions, batch, frozen) -> PoolScores``,
+    ``judge(scored, actions, batch) -> (rewards, advantages, components)``."""
+
+    act: Callable[[Any, dict, jax.Array, dict], tuple[PolicyOutput, Actions]]
+    score: Callable[[Actions, dict, dict], rerank.PoolScores]
+    judge: Callable[[rerank.PoolScores, Actions, dict], tuple[Any, Any, dict]]
+
+
+def rollout_stages(
+    policy: PolicyFn,
+    scorer: ScorerFn,
+    config: RegionGRPOConfig,
+    num_bins: int,
+    scorer_size: int,
+) -> RolloutStages:
+    """``batch``: images [B, H, W, 3] uint8, tokens [B, L], pool_ids [B, K] (rows of
+    ``frozen["kb"]``), labels [B, K], pool_valid [B, K], boxes [B, 4] (ground truth, for
+    logging). ``frozen``: ``kb`` [N, D] candidate embeddings, ``scorer`` and ``ref`` params."""
+
+    def act_on(params, batch, key, frozen):
+        images, tokens = batch["images"], batch["tokens"]
+        out = policy(params, images, tokens)
+        return out, act(out, policy(frozen["ref"], images, tokens), key, config)
+
+    def score_on(actions, batch, frozen):
+        embed = lambda pixels: scorer(frozen["scorer"], pixels)
+        pool = frozen["kb"][batch["pool_ids"]]
+        return score(embed, batch["images"], actions, pool, num_bins, scorer_size)
+
+    def judge_on(scored, actions, batch):
+        return judge(scored, actions, batch["labels"], batch["pool_valid"], config)
+
+    return RolloutStages(act_on, score_on, judge_on)
+
+
 def make_rollout(
     policy: PolicyFn,
     scorer: ScorerFn,
@@ -159,31 +198,15 @@ def make_rollout(
     num_bins: int,
     scorer_size: int,
 ) -> Callable[[Any, dict, jax.Array, dict], tuple[dict, dict[str, jax.Array]]]:
-    """``rollout(params, batch, key, frozen)`` for ``make_train_step``.
-
-    ``batch``: images [B, H, W, 3] uint8, tokens [B, L], pool_ids [B, K] (rows of
-    ``frozen["kb"]``), labels [B, K], pool_valid [B, K], boxes [B, 4] (ground truth, for
-    logging). ``frozen``: ``kb`` [N, D] candidate embeddings, ``scorer`` and ``ref`` params.
-    Returns the batch with its ``Actions`` and advantages added, and the rollout's metrics.
-    """
+    """``rollout(params, batch, key, frozen)`` for ``make_train_step``: the three
+    ``rollout_stages`` in a row. Returns the batch with its ``Actions`` and advantages added,
+    and the rollout's metrics."""
+    stages = rollout_stages(policy, scorer, config, num_bins, scorer_size)
 
     def rollout(params, batch, key, frozen):
-        images, tokens = batch["images"], batch["tokens"]
-        out = policy(params, images, tokens)
-        ref_out = policy(frozen["ref"], images, tokens)
-        actions = act(out, ref_out, key, config)
-        pool = frozen["kb"][batch["pool_ids"]]
-        scored = score(
-            lambda pixels: scorer(frozen["scorer"], pixels),
-            images,
-            actions,
-            pool,
-            num_bins,
-            scorer_size,
-        )
-        rewards, advantages, components = judge(
-            scored, actions, batch["labels"], batch["pool_valid"], config
-        )
+        out, actions = stages.act(params, batch, key, frozen)
+        scored = stages.score(actions, batch, frozen)
+        rewards, advantages, components = stages.judge(scored, actions, batch)
         logged = rollout_metrics(
             out,
             actions,
@@ -194,7 +217,7 @@ def make_rollout(
             batch["pool_valid"],
             batch["boxes"],
             num_bins,
-            images.shape[1],
+            batch["images"].shape[1],
         )
         return dict(batch, actions=actions, advantages=advantages), logged
 
