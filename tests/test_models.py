@@ -319,7 +319,7 @@ def test_pair_embedding_is_normalised_sum():
 def test_model_built_without_mesh_keeps_sharding_annotations():
     model = DualEncoder(TINY["clip"](), rngs=nnx.Rngs(0))
     specs = nnx.get_partition_spec(nnx.state(model))
-    block = specs["vision"]["encoder"]["blocks"][0]
+    block = specs["image"]["tower"]["encoder"]["blocks"][0]
     assert block["mlp"]["fc1"]["kernel"].get_value() == P(None, MODEL)
     assert block["attn"]["out_proj"]["kernel"].get_value() == P(MODEL, None)
     assert block["attn_norm"]["scale"].get_value() == P()
@@ -336,7 +336,7 @@ def test_sharded_model_matches_single_device(family):
     mesh = make_mesh(data=4, model=2)
     with jax.set_mesh(mesh):
         sharded = DualEncoder(cfg, rngs=nnx.Rngs(1))
-        block = sharded.text.encoder.blocks[0]
+        block = sharded.text.tower.encoder.blocks[0]
         assert block.mlp.fc1.kernel[...].sharding.spec == P(None, MODEL)
         assert block.mlp.fc2.kernel[...].sharding.spec == P(MODEL, None)
         assert block.attn.q_proj.kernel[...].sharding.spec == P(None, MODEL)

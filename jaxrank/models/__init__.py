@@ -4,6 +4,8 @@ from jaxrank.models.dual_encoder import (
     DualEncoder,
     DualEncoderConfig,
     DualEncoderOutput,
+    ImageEncoder,
+    TextEncoder,
     l2_normalize,
 )
 from jaxrank.models.presets import (
@@ -25,8 +27,10 @@ __all__ = [
     "DualEncoderOutput",
     "Encoder",
     "EncoderBlock",
+    "ImageEncoder",
     "MultiHeadAttention",
     "TextConfig",
+    "TextEncoder",
     "TextTransformer",
     "VisionConfig",
     "VisionTransformer",

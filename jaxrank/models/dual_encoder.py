@@ -79,24 +79,115 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), 1e-24))
 
 
+class _ProjectedTower(nnx.Module):
+    """A tower's pooled vector, linearly projected to the embedding space when ``embed_dim`` is
+    set (the projection is absent when the tower width already is the embedding width)."""
+
+    def __init__(
+        self,
+        width: int,
+        embed_dim: int | None,
+        projection_bias: bool,
+        *,
+        dtype: DTypeLike,
+        param_dtype: DTypeLike,
+        rngs: nnx.Rngs,
+    ):
+        self.projection = (
+            None
+            if embed_dim is None
+            else nnx.Linear(
+                width,
+                embed_dim,
+                use_bias=projection_bias,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+        )
+
+    def _embed(self, pooled: jax.Array) -> jax.Array:
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return l2_normalize(pooled)
+
+
+class ImageEncoder(_ProjectedTower):
+    """Image tower + projection: pixels [B, H, W, C] (channels-last, normalised) -> unit
+    embeddings [B, D] float32. Alone, it is what a ``CLIPVisionModelWithProjection`` loads into."""
+
+    def __init__(
+        self,
+        vision: VisionConfig,
+        embed_dim: int | None,
+        projection_bias: bool = False,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.tower = VisionTransformer(vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        super().__init__(
+            vision.width,
+            embed_dim,
+            projection_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        pooled, _ = self.tower(pixels)
+        return self._embed(pooled)
+
+
+class TextEncoder(_ProjectedTower):
+    """Text tower + projection: token ids [B, L] (+ mask, 1 = real token) -> unit embeddings
+    [B, D] float32. Alone, it is what a ``CLIPTextModelWithProjection`` loads into."""
+
+    def __init__(
+        self,
+        text: TextConfig,
+        embed_dim: int | None,
+        projection_bias: bool = False,
+        *,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.tower = TextTransformer(text, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        super().__init__(
+            text.width,
+            embed_dim,
+            projection_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, token_ids: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        pooled, _ = self.tower(token_ids, mask)
+        return self._embed(pooled)
+
+
 class DualEncoder(nnx.Module):
-    """Image tower, text tower and their projections into one embedding space."""
+    """An image encoder and a text encoder that share one embedding space, and the logit scale
+    (and SigLIP's bias) that turn their cosine similarities into logits."""
 
     def __init__(self, config: DualEncoderConfig, *, rngs: nnx.Rngs):
         self.config = config
-        dtypes = {"dtype": config.dtype, "param_dtype": config.param_dtype}
-        self.vision = VisionTransformer(config.vision, **dtypes, rngs=rngs)
-        self.text = TextTransformer(config.text, **dtypes, rngs=rngs)
-
-        def projection(width: int, enabled: bool) -> nnx.Linear | None:
-            if not enabled:
-                return None
-            return nnx.Linear(
-                width, config.embed_dim, use_bias=config.projection_bias, **dtypes, rngs=rngs
-            )
-
-        self.vision_projection = projection(config.vision.width, config.vision_projection)
-        self.text_projection = projection(config.text.width, config.text_projection)
+        shared = {
+            "projection_bias": config.projection_bias,
+            "dtype": config.dtype,
+            "param_dtype": config.param_dtype,
+            "rngs": rngs,
+        }
+        self.image = ImageEncoder(
+            config.vision, config.embed_dim if config.vision_projection else None, **shared
+        )
+        self.text = TextEncoder(
+            config.text, config.embed_dim if config.text_projection else None, **shared
+        )
         self.logit_scale = nnx.Param(jnp.asarray(config.logit_scale_init, config.param_dtype))
         self.logit_bias = (
             None
@@ -106,17 +197,11 @@ class DualEncoder(nnx.Module):
 
     def encode_image(self, pixels: jax.Array) -> jax.Array:
         """Pixels [B, H, W, C] (channels-last, normalised) -> unit embeddings [B, D] float32."""
-        pooled, _ = self.vision(pixels)
-        if self.vision_projection is not None:
-            pooled = self.vision_projection(pooled)
-        return l2_normalize(pooled)
+        return self.image(pixels)
 
     def encode_text(self, token_ids: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Token ids [B, L] (+ mask, 1 = real token) -> unit embeddings [B, D] float32."""
-        pooled, _ = self.text(token_ids, mask)
-        if self.text_projection is not None:
-            pooled = self.text_projection(pooled)
-        return l2_normalize(pooled)
+        return self.text(token_ids, mask)
 
     def encode_pair(
         self, pixels: jax.Array, token_ids: jax.Array, mask: jax.Array | None = None

@@ -1,0 +1,141 @@
+"""OpenAI CLIP as transformers implements it: ``CLIPModel`` and its one-tower variants."""
+
+from __future__ import annotations
+
+from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
+
+from jaxrank.models.hf.family import (
+    Family,
+    Tower,
+    Towers,
+    activation,
+    exported_activation,
+    projection_rules,
+)
+from jaxrank.models.hf.tensors import Path, Tensor
+from jaxrank.models.text import TextConfig
+from jaxrank.models.vit import VisionConfig
+
+# Checkpoints written before transformers PR #24773 carry eos_token_id=2; their text tower pools
+# at the largest token id instead (jaxrank's TextConfig.eos_token_id=None).
+_LEGACY_EOS_TOKEN_ID = 2
+
+
+def _vision(c: CLIPVisionConfig) -> VisionConfig:
+    return VisionConfig(
+        image_size=c.image_size,
+        patch_size=c.patch_size,
+        width=c.hidden_size,
+        depth=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        mlp_dim=c.intermediate_size,
+        act=activation(c.hidden_act, "vision_config.hidden_act"),
+        layer_norm_eps=c.layer_norm_eps,
+        channels=c.num_channels,
+    )
+
+
+def _text(c: CLIPTextConfig) -> TextConfig:
+    return TextConfig(
+        vocab_size=c.vocab_size,
+        max_len=c.max_position_embeddings,
+        width=c.hidden_size,
+        depth=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        mlp_dim=c.intermediate_size,
+        act=activation(c.hidden_act, "text_config.hidden_act"),
+        layer_norm_eps=c.layer_norm_eps,
+        eos_token_id=None if c.eos_token_id == _LEGACY_EOS_TOKEN_ID else c.eos_token_id,
+    )
+
+
+def _vision_export(v: VisionConfig) -> dict:
+    return {
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "hidden_size": v.width,
+        "num_hidden_layers": v.depth,
+        "num_attention_heads": v.heads,
+        "intermediate_size": v.mlp_dim,
+        "hidden_act": exported_activation(v.act),
+        "layer_norm_eps": v.layer_norm_eps,
+        "num_channels": v.channels,
+    }
+
+
+def _text_export(t: TextConfig) -> dict:
+    eos = _LEGACY_EOS_TOKEN_ID if t.eos_token_id is None else t.eos_token_id
+    return {
+        "vocab_size": t.vocab_size,
+        "max_position_embeddings": t.max_len,
+        "hidden_size": t.width,
+        "num_hidden_layers": t.depth,
+        "num_attention_heads": t.heads,
+        "intermediate_size": t.mlp_dim,
+        "hidden_act": exported_activation(t.act),
+        "layer_norm_eps": t.layer_norm_eps,
+        "eos_token_id": eos,
+        "bos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
+class CLIPFamily(Family):
+    name = "clip"
+    model_types = frozenset({"clip", "clip_vision_model", "clip_text_model"})
+    architectures = {
+        "CLIPModel": ("image", "text"),
+        "CLIPVisionModel": ("image",),
+        "CLIPVisionModelWithProjection": ("image",),
+        "CLIPTextModel": ("text",),
+        "CLIPTextModelWithProjection": ("text",),
+    }
+
+    def towers(self, config: PretrainedConfig, architecture: str) -> Towers:
+        if architecture == "CLIPModel":
+            return Towers(
+                vision=_vision(config.vision_config),
+                text=_text(config.text_config),
+                vision_embed_dim=config.projection_dim,
+                text_embed_dim=config.projection_dim,
+                logit_scale_init=config.logit_scale_init_value,
+            )
+        projected = architecture.endswith("WithProjection")
+        embed_dim = config.projection_dim if projected else None
+        if architecture.startswith("CLIPVision"):
+            return Towers(vision=_vision(config), text=None, vision_embed_dim=embed_dim)
+        return Towers(vision=None, text=_text(config), text_embed_dim=embed_dim)
+
+    def extra_rules(self, towers: Towers, prefixes: dict[Tower, str]) -> dict[Tower, dict]:
+        del prefixes  # CLIP's projections sit at the top level whatever the tower prefix
+        rules: dict[Tower, dict] = {"image": {}, "text": {}}
+        if towers.vision_embed_dim is not None:
+            rules["image"] = projection_rules("visual_projection", bias=False)
+        if towers.text_embed_dim is not None:
+            rules["text"] = projection_rules("text_projection", bias=False)
+        return rules
+
+    def logit_rules(self, towers: Towers) -> dict[Path, Tensor]:
+        return {("logit_scale",): Tensor("logit_scale")}
+
+    def export_config(self, towers: Towers, architecture: str) -> PretrainedConfig:
+        if architecture == "CLIPModel":
+            config = CLIPConfig(
+                text_config=_text_export(towers.text),
+                vision_config=_vision_export(towers.vision),
+                projection_dim=towers.vision_embed_dim,
+                logit_scale_init_value=towers.logit_scale_init,
+            )
+        elif towers.vision is not None:
+            config = CLIPVisionConfig(
+                **_vision_export(towers.vision), projection_dim=towers.vision_embed_dim or 512
+            )
+        else:
+            config = CLIPTextConfig(
+                **_text_export(towers.text), projection_dim=towers.text_embed_dim or 512
+            )
+        config.architectures = [architecture]
+        return config
+
+
+CLIP = CLIPFamily()

@@ -1,0 +1,123 @@
+"""Where a Hugging Face checkpoint's files are, and lazy reads of its safetensors.
+
+Only safetensors are read: a folder that holds weights only as pickles (``pytorch_model.bin``) is
+refused, because unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+
+CONFIG_FILE = "config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_UNSAFE_WEIGHTS = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "model.ckpt.index",
+)
+# What a hub download fetches: configs, weights and tokenizer/processor files, never pickles.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def resolve_checkpoint(source: str | Path, *, revision: str | None = None) -> Path:
+    """A local checkpoint folder for ``source``: the folder itself, or a hub id downloaded into
+    the Hugging Face cache (needs network access, or the files already cached)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{source}: expected a checkpoint folder (with {CONFIG_FILE}), got a file")
+    text = str(source)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(f"{source}: no such checkpoint folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(repo_id=text, revision=revision, allow_patterns=_HUB_PATTERNS)
+        )
+    except Exception as err:  # the hub client raises many types; all mean "not obtainable"
+        raise FileNotFoundError(
+            f"{source!r} is neither a local folder nor a hub id that could be fetched: {err}"
+        ) from err
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` as a dict."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; not a Hugging Face checkpoint folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file that holds it."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise ValueError(f"{index}: expected JSON with a 'weight_map' object ({err})") from err
+        files = {name: folder / file for name, file in weight_map.items()}
+        for file in sorted(set(files.values())):
+            if not file.is_file():
+                raise FileNotFoundError(f"{index} names {file.name}, which is not in {folder}")
+        return files
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        with safe_open(single, framework="np") as handle:
+            return dict.fromkeys(handle.keys(), single)
+    unsafe = [name for name in _UNSAFE_WEIGHTS if (folder / name).exists()]
+    if unsafe:
+        raise ValueError(
+            f"{folder} holds weights only as {', '.join(unsafe)}; jaxrank loads safetensors only "
+            "(pickled weights can run code on load). Convert them once with transformers: "
+            "`Model.from_pretrained(folder).save_pretrained(out, safe_serialization=True)`"
+        )
+    raise FileNotFoundError(f"{folder}: neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+class SafetensorsCheckpoint:
+    """The tensors of one checkpoint folder (single file or sharded with an index), read lazily:
+    a slice of a tensor reads only those bytes, so each device can load just its shard."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._files = _weight_files(folder)
+        self._handles: dict[Path, Any] = {}
+
+    def _handle(self, name: str) -> Any:
+        file = self._files[name]
+        if file not in self._handles:
+            self._handles[file] = safe_open(file, framework="np")
+        return self._handles[file]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._files))
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handle(name).get_slice(name).get_shape())
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The tensor ``name``, or only ``index`` of it."""
+        if index is None:
+            return np.asarray(self._handle(name).get_tensor(name))
+        return np.asarray(self._handle(name).get_slice(name)[index])

@@ -1,0 +1,315 @@
+"""Load a Hugging Face CLIP or SigLIP checkpoint into jaxrank's Flax encoders.
+
+The module is first built abstractly (shapes only), then every parameter is created directly
+with its final sharding: each device reads just its own slice from the safetensors files, so a
+large checkpoint never exists as a full extra copy per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, traverse_util
+from jax.sharding import Mesh, SingleDeviceSharding
+from jax.typing import DTypeLike
+from tqdm.auto import tqdm
+from transformers import AutoConfig
+
+from jaxrank import parallel
+from jaxrank.models.dual_encoder import DualEncoder, DualEncoderConfig, ImageEncoder, TextEncoder
+from jaxrank.models.hf.clip import CLIP
+from jaxrank.models.hf.family import Family, Tower, Towers, UnsupportedCheckpoint
+from jaxrank.models.hf.files import (
+    CONFIG_FILE,
+    SafetensorsCheckpoint,
+    read_config,
+    resolve_checkpoint,
+)
+from jaxrank.models.hf.siglip import SIGLIP
+from jaxrank.models.hf.tensors import Path as ParamPath
+from jaxrank.models.hf.tensors import Tensor, nest
+
+FAMILIES: tuple[Family, ...] = (CLIP, SIGLIP)
+Encoder = DualEncoder | ImageEncoder | TextEncoder
+# Non-persistent buffers that checkpoints written by older transformers still carry.
+_IGNORED_SUFFIXES = ("position_ids",)
+_LISTED = 8  # problems named in an error message before "and N more"
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose tensors do not fit the module its config describes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A loaded encoder and what it was loaded from. ``skipped`` are tensors of towers that were
+    not asked for; ``ignored`` are tensors jaxrank has no place for (only with ignore_unused)."""
+
+    model: Encoder
+    family: str
+    architecture: str
+    towers: Towers
+    folder: Path
+    loaded: int
+    skipped: tuple[str, ...]
+    ignored: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able account of the load (for ``jaxrank convert`` and run reports)."""
+        params = nnx.state(self.model, nnx.Param)
+        leaves = jax.tree.leaves(params)
+        return {
+            "folder": str(self.folder),
+            "family": self.family,
+            "architecture": self.architecture,
+            "module": type(self.model).__name__,
+            "vision": dataclasses.asdict(self.towers.vision) if self.towers.vision else None,
+            "text": dataclasses.asdict(self.towers.text) if self.towers.text else None,
+            "vision_embed_dim": self.towers.vision_embed_dim,
+            "text_embed_dim": self.towers.text_embed_dim,
+            "parameters": int(sum(leaf.size for leaf in leaves)),
+            "dtype": str(leaves[0].dtype),
+            "tensors_loaded": self.loaded,
+            "tensors_skipped": len(self.skipped),
+            "tensors_ignored": list(self.ignored),
+            "tensors_missing": list(self.missing),
+        }
+
+
+def identify(config: dict[str, Any], where: Path) -> tuple[Family, str]:
+    """The family and transformers architecture a ``config.json`` describes."""
+    names = list(config.get("architectures") or [])
+    model_type = config.get("model_type")
+    for family in FAMILIES:
+        for name in names:
+            if name in family.architectures:
+                return family, name
+    for family in FAMILIES:
+        if not names and model_type in family.model_types:
+            base = next(a for a in family.architectures if family.architectures[a] == ("image",))
+            by_type = {
+                f"{family.name}": next(iter(family.architectures)),
+                f"{family.name}_vision_model": base,
+                f"{family.name}_text_model": next(
+                    a for a in family.architectures if family.architectures[a] == ("text",)
+                ),
+            }
+            return family, by_type[model_type]
+    supported = sorted(a for family in FAMILIES for a in family.architectures)
+    raise UnsupportedCheckpoint(
+        f"{where / CONFIG_FILE}: architectures={names} (model_type={model_type!r}) is not "
+        f"supported; jaxrank loads {supported}"
+    )
+
+
+def _tower_prefix(family: Family, kind: Tower, checkpoint: SafetensorsCheckpoint) -> str:
+    candidates = family.prefixes[kind]
+    for prefix in candidates:
+        if f"{prefix}embeddings.position_embedding.weight" in checkpoint:
+            return prefix
+    names = [f"{p}embeddings.position_embedding.weight" for p in candidates]
+    raise CheckpointMismatch(
+        f"{checkpoint.folder}: no {kind} tower found (expected one of the tensors {names})"
+    )
+
+
+def name_map(
+    family: Family, towers: Towers, kinds: tuple[Tower, ...], prefixes: dict[Tower, str]
+) -> dict[ParamPath, Tensor]:
+    """Rules for the module holding ``kinds``: one tower alone, or both plus the logit scale."""
+    rules = family.tensor_rules(towers, {kind: prefixes[kind] for kind in kinds})
+    if len(kinds) == 1:
+        return rules[kinds[0]]
+    both = nest(("image",), rules["image"]) | nest(("text",), rules["text"])
+    return both | family.logit_rules(towers)
+
+
+def build_encoder(towers: Towers, kinds: tuple[Tower, ...], dtype: DTypeLike, rngs: nnx.Rngs):
+    """The jaxrank module for ``kinds`` of ``towers`` (parameters as ``dtype``)."""
+    dtypes = {"dtype": dtype, "param_dtype": dtype}
+    if kinds == ("image",):
+        return ImageEncoder(
+            towers.vision, towers.vision_embed_dim, towers.projection_bias, **dtypes, rngs=rngs
+        )
+    if kinds == ("text",):
+        return TextEncoder(
+            towers.text, towers.text_embed_dim, towers.projection_bias, **dtypes, rngs=rngs
+        )
+    return DualEncoder(dual_config(towers, dtype), rngs=rngs)
+
+
+def dual_config(towers: Towers, dtype: DTypeLike = jnp.float32) -> DualEncoderConfig:
+    return DualEncoderConfig(
+        vision=towers.vision,
+        text=towers.text,
+        embed_dim=towers.vision_embed_dim or towers.text_embed_dim or towers.vision.width,
+        vision_projection=towers.vision_embed_dim is not None,
+        text_projection=towers.text_embed_dim is not None,
+        projection_bias=towers.projection_bias,
+        logit_scale_init=towers.logit_scale_init,
+        logit_bias_init=towers.logit_bias_init,
+        dtype=dtype,
+        param_dtype=dtype,
+    )
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_LISTED])
+    return shown + (f" and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
+
+
+def _check(
+    checkpoint: SafetensorsCheckpoint,
+    rules: dict[ParamPath, Tensor],
+    abstract: dict[ParamPath, jax.ShapeDtypeStruct],
+    expected_names: set[str],
+    *,
+    ignore_unused: bool,
+    ignore_missing: bool,
+    what: str,
+) -> tuple[list[str], list[str]]:
+    """Every parameter's tensor exists with a fitting shape; every tensor has a use.
+    Returns (missing tensor names, ignored tensor names)."""
+    uncovered = sorted(".".join(map(str, p)) for p in set(abstract) - set(rules))
+    if uncovered:  # a bug in a family's name map, not in the user's checkpoint
+        raise RuntimeError(f"no checkpoint rule for jaxrank parameters {_listed(uncovered)}")
+    missing, mismatched = [], []
+    for path, tensor in rules.items():
+        target = tuple(abstract[path].shape)
+        if tensor.name not in checkpoint:
+            missing.append(tensor.name)
+            continue
+        shape = checkpoint.shape(tensor.name)
+        want = tensor.checkpoint_shape or target
+        got = shape if tensor.checkpoint_shape else tensor.expected_shape(shape)
+        rows_fit = tensor.rows is None or (len(shape) > 0 and tensor.rows[1] <= shape[0])
+        if got != want or not rows_fit:
+            mismatched.append(
+                f"{tensor.name}: checkpoint shape {list(shape)} does not fit "
+                f"{'.'.join(map(str, path))} of shape {list(target)}"
+            )
+    unused = sorted(
+        name
+        for name in checkpoint
+        if name not in expected_names and not name.endswith(_IGNORED_SUFFIXES)
+    )
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatches: {_listed(mismatched)}")
+    if missing and not ignore_missing:
+        problems.append(f"missing tensors: {_listed(sorted(set(missing)))}")
+    if unused and not ignore_unused:
+        problems.append(f"unused tensors: {_listed(unused)} (pass ignore_unused=True to skip them)")
+    if problems:
+        raise CheckpointMismatch(f"{checkpoint.folder} does not match {what}: " + "; ".join(problems))
+    return sorted(set(missing)), unused
+
+
+def _reader(checkpoint: SafetensorsCheckpoint, tensor: Tensor, shape: tuple, dtype: DTypeLike):
+    """The callback ``jax.make_array_from_callback`` calls once per device with its slice."""
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        if tensor.checkpoint_shape is not None or not shape:
+            value = checkpoint.read(tensor.name).reshape(shape)[index]
+        else:
+            value = checkpoint.read(tensor.name, tensor.source_index(index))
+            if tensor.permutation is not None:
+                value = value.transpose(tensor.permutation)
+        return np.require(value.astype(dtype), requirements="C")
+
+    return read
+
+
+def load_pretrained(
+    source: str | Path,
+    *,
+    tower: Tower | None = None,
+    dtype: DTypeLike = jnp.float32,
+    mesh: Mesh | None = None,
+    revision: str | None = None,
+    ignore_unused: bool = False,
+    ignore_missing: bool = False,
+    seed: int = 0,
+) -> Pretrained:
+    """Load ``source`` (a checkpoint folder or a hub id) as a jaxrank encoder.
+
+    ``tower`` picks one tower of a two-tower checkpoint ('image' or 'text'; the other tower's
+    tensors are skipped). ``dtype`` is the parameter and compute dtype. With ``mesh`` every
+    parameter is placed with the sharding its module annotates (tensor-parallel over ``model``,
+    replicated over ``data``); without, on the default device. Missing tensors keep their
+    random initialisation (from ``seed``) only when ``ignore_missing``.
+    """
+    folder = resolve_checkpoint(source, revision=revision)
+    family, architecture = identify(read_config(folder), folder)
+    hf_config = AutoConfig.from_pretrained(folder)
+    try:
+        towers = family.towers(hf_config, architecture)
+    except ValueError as err:
+        raise UnsupportedCheckpoint(f"{folder / CONFIG_FILE}: {err}") from err
+    present = family.architectures[architecture]
+    if tower is not None and tower not in present:
+        raise ValueError(f"tower={tower!r}: {architecture} at {folder} holds only {list(present)}")
+    kinds = present if tower is None else (tower,)
+    dtype = jnp.dtype(dtype)
+
+    checkpoint = SafetensorsCheckpoint(folder)
+    prefixes = {kind: _tower_prefix(family, kind, checkpoint) for kind in present}
+    rules = name_map(family, towers, kinds, prefixes)
+    expected = {t.name for t in name_map(family, towers, present, prefixes).values()}
+
+    def build(rngs: nnx.Rngs) -> Encoder:
+        return build_encoder(towers, kinds, dtype, rngs)
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(seed))))
+    abstract = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    missing, ignored = _check(
+        checkpoint,
+        rules,
+        abstract,
+        expected,
+        ignore_unused=ignore_unused,
+        ignore_missing=ignore_missing,
+        what=f"{architecture} ({', '.join(kinds)})",
+    )
+    if mesh is None:
+        default = SingleDeviceSharding(jax.devices()[0])
+        shardings = dict.fromkeys(abstract, default)
+    else:
+        shardings = traverse_util.flatten_dict(
+            nnx.to_pure_dict(parallel.state_shardings(state, mesh))
+        )
+    initial = None
+    if missing:  # only with ignore_missing: a concrete random init to fill the gaps
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            initial = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(build(nnx.Rngs(seed)))))
+
+    values = {}
+    loaded = 0
+    for path, leaf in tqdm(abstract.items(), desc=f"loading {folder.name}", leave=False):
+        tensor = rules[path]
+        if tensor.name not in checkpoint:
+            values[path] = jax.device_put(initial[path], shardings[path])
+            continue
+        read = _reader(checkpoint, tensor, tuple(leaf.shape), leaf.dtype)
+        values[path] = jax.make_array_from_callback(leaf.shape, shardings[path], read)
+        loaded += 1
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
+    return Pretrained(
+        model=nnx.merge(graphdef, state),
+        family=family.name,
+        architecture=architecture,
+        towers=towers,
+        folder=folder,
+        loaded=loaded,
+        skipped=tuple(sorted(expected - {t.name for t in rules.values()})),
+        ignored=tuple(ignored),
+        missing=tuple(missing),
+    )
+

@@ -1,0 +1,177 @@
+"""Google SigLIP as transformers implements it: ``SiglipModel`` and its one-tower variants.
+
+Its image embedding is the attention-pooling head's output (no projection); its text embedding is
+the last position's state through a linear ``head`` with bias. The reference pools the last
+position even when it is padding, which is why SigLIP texts are padded to ``max_length`` and the
+model is called without an attention mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PretrainedConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+
+from jaxrank.models.hf.family import (
+    Family,
+    Tower,
+    Towers,
+    UnsupportedCheckpoint,
+    activation,
+    exported_activation,
+    projection_rules,
+)
+from jaxrank.models.hf.tensors import (
+    Path,
+    Tensor,
+    layer_norm,
+    linear,
+    nest,
+    packed_attention,
+)
+from jaxrank.models.text import TextConfig
+from jaxrank.models.vit import VisionConfig
+
+
+def _vision(c: SiglipVisionConfig) -> VisionConfig:
+    if not c.vision_use_head:
+        raise UnsupportedCheckpoint(
+            "vision_config.vision_use_head=False: without its pooling head a SigLIP image tower "
+            "has no image embedding"
+        )
+    return VisionConfig(
+        image_size=c.image_size,
+        patch_size=c.patch_size,
+        width=c.hidden_size,
+        depth=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        mlp_dim=c.intermediate_size,
+        act=activation(c.hidden_act, "vision_config.hidden_act"),
+        layer_norm_eps=c.layer_norm_eps,
+        class_token=False,
+        patch_bias=True,
+        pre_norm=False,
+        pool="map",
+        channels=c.num_channels,
+    )
+
+
+def _text(c: SiglipTextConfig) -> TextConfig:
+    return TextConfig(
+        vocab_size=c.vocab_size,
+        max_len=c.max_position_embeddings,
+        width=c.hidden_size,
+        depth=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        mlp_dim=c.intermediate_size,
+        act=activation(c.hidden_act, "text_config.hidden_act"),
+        layer_norm_eps=c.layer_norm_eps,
+        causal=False,
+        pool="last",
+    )
+
+
+def _vision_export(v: VisionConfig) -> dict:
+    return {
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "hidden_size": v.width,
+        "num_hidden_layers": v.depth,
+        "num_attention_heads": v.heads,
+        "intermediate_size": v.mlp_dim,
+        "hidden_act": exported_activation(v.act),
+        "layer_norm_eps": v.layer_norm_eps,
+        "num_channels": v.channels,
+    }
+
+
+def _text_export(t: TextConfig, projection_size: int) -> dict:
+    return {
+        "vocab_size": t.vocab_size,
+        "max_position_embeddings": t.max_len,
+        "hidden_size": t.width,
+        "num_hidden_layers": t.depth,
+        "num_attention_heads": t.heads,
+        "intermediate_size": t.mlp_dim,
+        "hidden_act": exported_activation(t.act),
+        "layer_norm_eps": t.layer_norm_eps,
+        "projection_size": projection_size,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
+class SiglipFamily(Family):
+    name = "siglip"
+    model_types = frozenset({"siglip", "siglip_vision_model", "siglip_text_model"})
+    architectures = {
+        "SiglipModel": ("image", "text"),
+        "SiglipVisionModel": ("image",),
+        "SiglipTextModel": ("text",),
+    }
+
+    def towers(self, config: PretrainedConfig, architecture: str) -> Towers:
+        if architecture == "SiglipModel":
+            vision, text = _vision(config.vision_config), _text(config.text_config)
+            projection = config.text_config.projection_size
+            if projection != vision.width:
+                raise UnsupportedCheckpoint(
+                    f"text_config.projection_size={projection} must equal "
+                    f"vision_config.hidden_size={vision.width}: the image embedding is unprojected"
+                )
+            return Towers(
+                vision,
+                text,
+                text_embed_dim=projection,
+                projection_bias=True,
+                logit_scale_init=math.log(10.0),  # SigLIP's initial values (the paper's §3)
+                logit_bias_init=-10.0,
+            )
+        if architecture == "SiglipVisionModel":
+            return Towers(vision=_vision(config), text=None)
+        return Towers(
+            vision=None, text=_text(config), text_embed_dim=config.projection_size,
+            projection_bias=True,
+        )
+
+    def extra_rules(self, towers: Towers, prefixes: dict[Tower, str]) -> dict[Tower, dict]:
+        rules: dict[Tower, dict] = {}
+        if "image" in prefixes:
+            head = f"{prefixes['image']}head"
+            width = towers.vision.width
+            rules["image"] = nest(
+                ("tower", "head"),
+                {
+                    ("probe",): Tensor(f"{head}.probe", checkpoint_shape=(1, 1, width)),
+                    **nest(("attn",), packed_attention(f"{head}.attention", width)),
+                    **nest(("norm",), layer_norm(f"{head}.layernorm")),
+                    **nest(("mlp", "fc1"), linear(f"{head}.mlp.fc1")),
+                    **nest(("mlp", "fc2"), linear(f"{head}.mlp.fc2")),
+                },
+            )
+        if "text" in prefixes:
+            rules["text"] = projection_rules(f"{prefixes['text']}head", bias=True)
+        return rules
+
+    def logit_rules(self, towers: Towers) -> dict[Path, Tensor]:
+        return {
+            ("logit_scale",): Tensor("logit_scale", checkpoint_shape=(1,)),
+            ("logit_bias",): Tensor("logit_bias", checkpoint_shape=(1,)),
+        }
+
+    def export_config(self, towers: Towers, architecture: str) -> PretrainedConfig:
+        if architecture == "SiglipModel":
+            config = SiglipConfig(
+                text_config=_text_export(towers.text, towers.text_embed_dim),
+                vision_config=_vision_export(towers.vision),
+            )
+        elif towers.vision is not None:
+            config = SiglipVisionConfig(**_vision_export(towers.vision))
+        else:
+            config = SiglipTextConfig(**_text_export(towers.text, towers.text_embed_dim))
+        config.architectures = [architecture]
+        return config
+
+
+SIGLIP = SiglipFamily()
