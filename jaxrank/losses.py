@@ -17,11 +17,19 @@ import jax.numpy as jnp
 import optax
 
 
-def _logits(a: jax.Array, b: jax.Array, logit_scale: jax.Array) -> jax.Array:
+def contrastive_logits(
+    a: jax.Array,
+    b: jax.Array,
+    logit_scale: jax.Array | float,
+    logit_bias: jax.Array | float | None = None,
+) -> jax.Array:
+    """``exp(logit_scale) * a @ b.T (+ logit_bias)`` in float32: CLIP's and SigLIP's logits of
+    every (a_i, b_j) pair, with the scale stored in log space as both checkpoints store it."""
     a = jnp.asarray(a, jnp.float32)
     b = jnp.asarray(b, jnp.float32)
     similarity = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.exp(jnp.asarray(logit_scale, jnp.float32)) * similarity
+    logits = jnp.exp(jnp.asarray(logit_scale, jnp.float32)) * similarity
+    return logits if logit_bias is None else logits + jnp.asarray(logit_bias, jnp.float32)
 
 
 def _positive_pairs(batch_size: int, labels: jax.Array | None) -> jax.Array:
@@ -42,7 +50,7 @@ def softmax_contrastive_loss(
     ``logit_scale`` is the log inverse temperature, as CLIP stores it. With ``labels`` the target
     distribution of a row is uniform over the columns that share its label.
     """
-    logits = _logits(a, b, logit_scale)
+    logits = contrastive_logits(a, b, logit_scale)
     positives = _positive_pairs(logits.shape[0], labels).astype(jnp.float32)
     targets = positives / positives.sum(axis=-1, keepdims=True)
     a_to_b = optax.softmax_cross_entropy(logits, targets).mean()
@@ -61,6 +69,6 @@ def sigmoid_contrastive_loss(
 
     The loss is the sum over all B^2 pairs divided by B, as in the SigLIP paper.
     """
-    logits = _logits(a, b, logit_scale) + jnp.asarray(logit_bias, jnp.float32)
+    logits = contrastive_logits(a, b, logit_scale, logit_bias)
     signs = jnp.where(_positive_pairs(logits.shape[0], labels), 1.0, -1.0)
     return -jax.nn.log_sigmoid(signs * logits).sum() / logits.shape[0]

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.typing import DTypeLike
 
+from jaxrank.losses import contrastive_logits
 from jaxrank.models.text import TextConfig, TextTransformer
 from jaxrank.models.validation import require_choice, require_positive
 from jaxrank.models.vit import VisionConfig, VisionTransformer
@@ -71,6 +72,12 @@ class DualEncoderOutput:
     text_embeds: jax.Array
     logit_scale: jax.Array
     logit_bias: jax.Array | None
+
+    def logits_per_text(self) -> jax.Array:
+        """[B_text, B_image] logits, as transformers' ``logits_per_text``."""
+        return contrastive_logits(
+            self.text_embeds, self.image_embeds, self.logit_scale, self.logit_bias
+        )
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:

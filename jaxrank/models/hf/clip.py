@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
 from jaxrank.models.hf.family import (
@@ -83,7 +85,7 @@ def _text_export(t: TextConfig) -> dict:
 class CLIPFamily(Family):
     name = "clip"
     model_types = frozenset({"clip", "clip_vision_model", "clip_text_model"})
-    architectures = {
+    architectures: ClassVar[dict[str, tuple[Tower, ...]]] = {
         "CLIPModel": ("image", "text"),
         "CLIPVisionModel": ("image",),
         "CLIPVisionModelWithProjection": ("image",),

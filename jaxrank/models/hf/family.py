@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from transformers import PretrainedConfig
 
@@ -102,10 +102,10 @@ class Family(abc.ABC):
 
     name: str
     model_types: frozenset[str]
-    architectures: dict[str, tuple[Tower, ...]]
+    architectures: ClassVar[dict[str, tuple[Tower, ...]]]
     # Where each tower's tensors may start: transformers v5 saves a standalone tower without the
     # ``vision_model.`` / ``text_model.`` prefix that checkpoints saved by earlier versions carry.
-    prefixes: dict[Tower, tuple[str, ...]] = {
+    prefixes: ClassVar[dict[Tower, tuple[str, ...]]] = {
         "image": ("vision_model.", ""),
         "text": ("text_model.", ""),
     }

@@ -31,9 +31,11 @@ from jaxrank.models.hf.files import (
     read_config,
     resolve_checkpoint,
 )
+from jaxrank.models.hf.preprocessing import ImagePreprocessor
 from jaxrank.models.hf.siglip import SIGLIP
 from jaxrank.models.hf.tensors import Path as ParamPath
 from jaxrank.models.hf.tensors import Tensor, nest
+from jaxrank.models.hf.tokenization import TextTokenizer
 
 FAMILIES: tuple[Family, ...] = (CLIP, SIGLIP)
 Encoder = DualEncoder | ImageEncoder | TextEncoder
@@ -60,6 +62,20 @@ class Pretrained:
     skipped: tuple[str, ...]
     ignored: tuple[str, ...]
     missing: tuple[str, ...]
+
+    def tokenizer(self) -> TextTokenizer:
+        """The checkpoint's tokenizer, padding to the text tower's length with the family's mask
+        convention (see ``jaxrank.models.hf.tokenization``)."""
+        if self.towers.text is None:
+            raise ValueError(f"{self.architecture} has no text tower to tokenize for")
+        clip = self.family == "clip"
+        return TextTokenizer.from_pretrained(
+            self.folder, self.towers.text.max_len, pad_to_max=True, mask_padding=clip
+        )
+
+    def image_preprocessor(self) -> ImagePreprocessor:
+        """The checkpoint's image pre-processing (its ``preprocessor_config.json``)."""
+        return ImagePreprocessor.from_pretrained(self.folder)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able account of the load (for ``jaxrank convert`` and run reports)."""
@@ -208,7 +224,8 @@ def _check(
     if unused and not ignore_unused:
         problems.append(f"unused tensors: {_listed(unused)} (pass ignore_unused=True to skip them)")
     if problems:
-        raise CheckpointMismatch(f"{checkpoint.folder} does not match {what}: " + "; ".join(problems))
+        problems_text = "; ".join(problems)
+        raise CheckpointMismatch(f"{checkpoint.folder} does not match {what}: {problems_text}")
     return sorted(set(missing)), unused
 
 
@@ -312,4 +329,3 @@ def load_pretrained(
         ignored=tuple(ignored),
         missing=tuple(missing),
     )
-

@@ -9,6 +9,7 @@ model is called without an attention mask.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from transformers import PretrainedConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
@@ -105,7 +106,7 @@ def _text_export(t: TextConfig, projection_size: int) -> dict:
 class SiglipFamily(Family):
     name = "siglip"
     model_types = frozenset({"siglip", "siglip_vision_model", "siglip_text_model"})
-    architectures = {
+    architectures: ClassVar[dict[str, tuple[Tower, ...]]] = {
         "SiglipModel": ("image", "text"),
         "SiglipVisionModel": ("image",),
         "SiglipTextModel": ("text",),
@@ -131,7 +132,9 @@ class SiglipFamily(Family):
         if architecture == "SiglipVisionModel":
             return Towers(vision=_vision(config), text=None)
         return Towers(
-            vision=None, text=_text(config), text_embed_dim=config.projection_size,
+            vision=None,
+            text=_text(config),
+            text_embed_dim=config.projection_size,
             projection_bias=True,
         )
 
