@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from jaxrank.checkpoint import CheckpointError
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
+from jaxrank.models.hf import convert_cli
+from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
 from jaxrank.search import cli as search_cli
 from jaxrank.search.errors import SearchError
 from jaxrank.trainer import NonFiniteLossError
@@ -30,6 +32,8 @@ USER_ERRORS = (
     NonFiniteLossError,
     SearchError,
     FileNotFoundError,
+    UnsupportedCheckpoint,
+    CheckpointMismatch,
 )
 
 
@@ -107,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.set_defaults(run=_gallery)
 
     search_cli.add_commands(sub, config_help, _config)
+    convert_cli.add_command(sub)
     return parser
 
 

@@ -48,7 +48,8 @@ def one_step(cfg, mesh):
     scorer_model = contrastive.build_model(cfg.scorer, mesh)
     scorer_graphdef, scorer_params = nnx.split(scorer_model, nnx.Param)
     scorer = SimpleNamespace(
-        embed=contrastive.image_embedder(scorer_graphdef), input_size=cfg.scorer.model.image_size
+        embed=contrastive.image_embedder(scorer_graphdef, cfg.scorer),
+        input_size=cfg.scorer.model.image_size,
     )
     graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
     reference = jax.tree.map(lambda x: x.copy(), params)

@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         {
             "family": "clip",  # clip (softmax loss) | siglip (sigmoid loss)
+            # A Hugging Face CLIP/SigLIP folder or hub id to start from (its family must match;
+            # its own shape, processor and tokenizer replace the keys below). "" = train afresh.
+            "pretrained": "",
             "image_size": 32,
             "patch_size": 8,
             "width": 96,

@@ -20,9 +20,13 @@ from flax import nnx
 
 from jaxrank import imaging, losses, parallel, report, retrieval_eval
 from jaxrank.checkpoint import Checkpointer
+from jaxrank.configs import ConfigError
 from jaxrank.data.synthetic import World, WorldConfig, query_preset, world_vocabulary
 from jaxrank.data.vocabulary import EOS
 from jaxrank.models.dual_encoder import DualEncoder
+from jaxrank.models.hf import load_pretrained
+from jaxrank.models.hf.inputs import pretrained_inputs
+from jaxrank.models.inputs import EncoderInputs
 from jaxrank.models.presets import tiny_clip, tiny_siglip
 from jaxrank.optim import adamw_warmup_cosine
 from jaxrank.train_step import TrainState, jit_train_step, make_train_step
@@ -37,8 +41,37 @@ def build_world(cfg: ml_collections.ConfigDict) -> World:
     return World(WorldConfig(**cfg.world.to_dict()))
 
 
+def encoder_inputs(cfg: ml_collections.ConfigDict) -> EncoderInputs:
+    """Input size, pixel normalisation and tokenizer of the configured encoder: the world's
+    vocabulary for jaxrank's own, the checkpoint's processor and tokenizer for a pretrained one."""
+    if cfg.model.get("pretrained", ""):
+        return pretrained_inputs(cfg.model.pretrained)
+    vocabulary = world_vocabulary()
+    return EncoderInputs(
+        cfg.model.image_size,
+        imaging.UNIT_MEAN,
+        imaging.UNIT_STD,
+        lambda texts: vocabulary.encode(list(texts), cfg.model.max_len),
+    )
+
+
+def _pretrained_model(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> DualEncoder:
+    loaded = load_pretrained(cfg.model.pretrained, dtype=cfg.model.dtype, mesh=mesh)
+    if not isinstance(loaded.model, DualEncoder) or loaded.family != cfg.model.family:
+        raise ConfigError(
+            f"model.pretrained={cfg.model.pretrained!r} is a {loaded.architecture}; the recipe "
+            f"needs a two-tower model of model.family={cfg.model.family!r}"
+        )
+    return loaded.model
+
+
 def build_model(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> DualEncoder:
+    """A fresh encoder of the configured shape, or ``model.pretrained`` (a Hugging Face folder or
+    hub id) loaded onto the mesh, whose shape keys are then ignored."""
+    if cfg.model.get("pretrained", ""):
+        return _pretrained_model(cfg, mesh)
     model_cfg = cfg.model.to_dict()
+    model_cfg.pop("pretrained", None)
     family = model_cfg.pop("family")
     if family == "clip":
         model_cfg["eos_token_id"] = EOS
@@ -68,22 +101,17 @@ def knowledge_base(world: World, cfg: ml_collections.ConfigDict) -> dict[str, np
     """Every entity's image (uint8) and tokenised description."""
     return {
         "images": world.entity_images(world.config.image_size),
-        "tokens": world_vocabulary().encode(world.entity_texts(), cfg.model.max_len),
+        "tokens": encoder_inputs(cfg).tokenize(world.entity_texts()),
     }
 
 
-def _pixels(images: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    resized = imaging.resize(images, cfg.model.image_size)
-    return imaging.normalize(resized, imaging.UNIT_MEAN, imaging.UNIT_STD)
-
-
-def image_embedder(graphdef: nnx.GraphDef):
+def image_embedder(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
     """``(params, float pixels in [0, 255] at the model's input size) -> embeddings``: the
     scorer's image tower for callers that crop and resize themselves (Region-R1)."""
+    inputs = encoder_inputs(cfg)
 
     def embed(params, pixels):
-        normalized = imaging.normalize(pixels, imaging.UNIT_MEAN, imaging.UNIT_STD)
-        return nnx.merge(graphdef, params).encode_image(normalized)
+        return nnx.merge(graphdef, params).encode_image(inputs.normalize(pixels))
 
     return embed
 
@@ -91,6 +119,7 @@ def image_embedder(graphdef: nnx.GraphDef):
 def make_loss(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
     """Query views against their entity's text and against its knowledge-base image."""
     family = cfg.model.family
+    inputs = encoder_inputs(cfg)
 
     def pair_loss(a, b, model, labels):
         if LOSSES[family] == "softmax":
@@ -103,9 +132,9 @@ def make_loss(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
         del rng  # the views carry all the randomness
         model = nnx.merge(graphdef, params)
         ids = batch["entity"]
-        queries = model.encode_image(_pixels(batch["views"], cfg))
+        queries = model.encode_image(inputs.pixels(batch["views"]))
         texts = model.encode_text(kb["tokens"][ids])
-        kb_images = model.encode_image(_pixels(kb["images"][ids], cfg))
+        kb_images = model.encode_image(inputs.pixels(kb["images"][ids]))
         to_text = pair_loss(queries, texts, model, ids)
         to_image = pair_loss(queries, kb_images, model, ids)
         metrics = {
@@ -122,15 +151,15 @@ def encoders(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
     """Jitted ``image(params, uint8 images)``, ``cropped(params, images, boxes)`` and
     ``text(params, tokens)`` embedders."""
 
+    inputs = encoder_inputs(cfg)
+
     @jax.jit
     def image(params, images):
-        return nnx.merge(graphdef, params).encode_image(_pixels(images, cfg))
+        return nnx.merge(graphdef, params).encode_image(inputs.pixels(images))
 
     @jax.jit
     def cropped(params, images, boxes):
-        crops = imaging.crop_and_resize(images, boxes, cfg.model.image_size)
-        pixels = imaging.normalize(crops, imaging.UNIT_MEAN, imaging.UNIT_STD)
-        return nnx.merge(graphdef, params).encode_image(pixels)
+        return nnx.merge(graphdef, params).encode_image(inputs.crops(images, boxes))
 
     @jax.jit
     def text(params, tokens):

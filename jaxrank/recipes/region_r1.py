@@ -76,8 +76,8 @@ class Scorer:
         scorer_dir = Path(cfg.scorer_workdir) if cfg.scorer_workdir else workdir / "scorer"
         graphdef, self.params = contrastive.train_or_restore(cfg.scorer, scorer_dir, mesh)
         self.world: World = contrastive.build_world(cfg.scorer)
-        self.input_size: int = cfg.scorer.model.image_size
-        self.embed = contrastive.image_embedder(graphdef)
+        self.input_size: int = contrastive.encoder_inputs(cfg.scorer).image_size
+        self.embed = contrastive.image_embedder(graphdef, cfg.scorer)
         kb = contrastive.knowledge_base_embeddings(
             graphdef, self.params, self.world, cfg.scorer, mesh
         )

@@ -55,6 +55,7 @@ class _Encoder:
         _, graphdef, self.params = contrastive.restore(cfg, workdir, self.mesh)
         self.cfg = cfg
         self._image, self._cropped, self._text = contrastive.encoders(graphdef, cfg)
+        self.inputs = contrastive.encoder_inputs(cfg)
         self._pair = jax.jit(lambda a, b: normalize_rows(a + b))
 
     def entries(self, batch: dict[str, np.ndarray], entry: str) -> jax.Array:
@@ -76,16 +77,13 @@ class _Encoder:
         return retrieval_eval.embed_in_batches(fn, [images], bs, self.mesh)
 
 
-def _knowledge_base(world, max_len: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def _knowledge_base(world, tokenize, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Entity images, tokenised descriptions and ids, rendered one batch at a time."""
-    from jaxrank.data.synthetic import world_vocabulary
-
-    vocabulary = world_vocabulary()
     for start in range(0, world.num_entities, batch_size):
         ids = np.arange(start, min(start + batch_size, world.num_entities))
         yield {
             "images": np.stack([world.entity_image(int(i)) for i in ids]),
-            "tokens": vocabulary.encode([world.entity_text(int(i)) for i in ids], max_len),
+            "tokens": tokenize([world.entity_text(int(i)) for i in ids]),
             "id": ids.astype(np.int64),
         }
 
@@ -95,7 +93,7 @@ def _build(args: argparse.Namespace, extra: Sequence[str], load_config: LoadConf
     encoder = _Encoder(cfg, args.workdir)
     index = Index.from_encoder(
         lambda batch: encoder.entries(batch, args.entry),
-        _knowledge_base(encoder.world, cfg.model.max_len, cfg.eval.batch_size),
+        _knowledge_base(encoder.world, encoder.inputs.tokenize, cfg.eval.batch_size),
         metric=args.metric,
         dtype=args.dtype,
         num_rows=encoder.world.num_entities,

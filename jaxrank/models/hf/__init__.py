@@ -7,9 +7,9 @@
     out = pretrained.model(pixels, ids, mask)
 """
 
+from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
 from jaxrank.models.hf.export import save_pretrained
-from jaxrank.models.hf.family import UnsupportedCheckpoint
-from jaxrank.models.hf.loading import CheckpointMismatch, Pretrained, load_pretrained
+from jaxrank.models.hf.loading import Pretrained, load_pretrained
 from jaxrank.models.hf.preprocessing import ImagePreprocessor
 from jaxrank.models.hf.tokenization import TextTokenizer
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
+from typing import TYPE_CHECKING, ClassVar
 
 from jaxrank.models.hf.family import (
     Family,
@@ -17,6 +15,9 @@ from jaxrank.models.hf.family import (
 from jaxrank.models.hf.tensors import Path, Tensor
 from jaxrank.models.text import TextConfig
 from jaxrank.models.vit import VisionConfig
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
 # Checkpoints written before transformers PR #24773 carry eos_token_id=2; their text tower pools
 # at the largest token id instead (jaxrank's TextConfig.eos_token_id=None).
@@ -121,6 +122,8 @@ class CLIPFamily(Family):
         return {("logit_scale",): Tensor("logit_scale")}
 
     def export_config(self, towers: Towers, architecture: str) -> PretrainedConfig:
+        from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
         if architecture == "CLIPModel":
             config = CLIPConfig(
                 text_config=_text_export(towers.text),

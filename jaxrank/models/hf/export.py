@@ -17,7 +17,8 @@ from safetensors.numpy import save_file
 
 from jaxrank.models.dual_encoder import DualEncoder, ImageEncoder, TextEncoder
 from jaxrank.models.hf.clip import CLIP
-from jaxrank.models.hf.family import Family, Tower, Towers, UnsupportedCheckpoint
+from jaxrank.models.hf.errors import UnsupportedCheckpoint
+from jaxrank.models.hf.family import Family, Tower, Towers
 from jaxrank.models.hf.files import INDEX_FILE, SINGLE_FILE
 from jaxrank.models.hf.loading import Encoder, name_map
 from jaxrank.models.hf.siglip import SIGLIP

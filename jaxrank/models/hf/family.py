@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from transformers import PretrainedConfig
-
+from jaxrank.models.hf.errors import UnsupportedCheckpoint
 from jaxrank.models.hf.tensors import (
     CONV,
     Path,
@@ -20,6 +19,9 @@ from jaxrank.models.hf.tensors import (
 )
 from jaxrank.models.text import TextConfig
 from jaxrank.models.vit import VisionConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 Tower = Literal["image", "text"]
 
@@ -38,10 +40,6 @@ _EXPORTED_ACTIVATIONS = {
     "gelu_tanh": "gelu_pytorch_tanh",
     "relu": "relu",
 }
-
-
-class UnsupportedCheckpoint(ValueError):
-    """A checkpoint whose architecture or settings jaxrank's encoders cannot represent."""
 
 
 def activation(name: str, key: str) -> str:

@@ -19,12 +19,12 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh, SingleDeviceSharding
 from jax.typing import DTypeLike
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
 from jaxrank import parallel
 from jaxrank.models.dual_encoder import DualEncoder, DualEncoderConfig, ImageEncoder, TextEncoder
 from jaxrank.models.hf.clip import CLIP
-from jaxrank.models.hf.family import Family, Tower, Towers, UnsupportedCheckpoint
+from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
+from jaxrank.models.hf.family import Family, Tower, Towers
 from jaxrank.models.hf.files import (
     CONFIG_FILE,
     SafetensorsCheckpoint,
@@ -44,19 +44,17 @@ _IGNORED_SUFFIXES = ("position_ids",)
 _LISTED = 8  # problems named in an error message before "and N more"
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint whose tensors do not fit the module its config describes."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-    """A loaded encoder and what it was loaded from. ``skipped`` are tensors of towers that were
-    not asked for; ``ignored`` are tensors jaxrank has no place for (only with ignore_unused)."""
+    """A loaded encoder and what it was loaded from. ``towers`` describes the whole checkpoint,
+    ``kinds`` the towers loaded; ``skipped`` are tensors of towers that were not asked for;
+    ``ignored`` are tensors jaxrank has no place for (only with ignore_unused)."""
 
     model: Encoder
     family: str
     architecture: str
     towers: Towers
+    kinds: tuple[Tower, ...]
     folder: Path
     loaded: int
     skipped: tuple[str, ...]
@@ -68,10 +66,7 @@ class Pretrained:
         convention (see ``jaxrank.models.hf.tokenization``)."""
         if self.towers.text is None:
             raise ValueError(f"{self.architecture} has no text tower to tokenize for")
-        clip = self.family == "clip"
-        return TextTokenizer.from_pretrained(
-            self.folder, self.towers.text.max_len, pad_to_max=True, mask_padding=clip
-        )
+        return TextTokenizer.for_family(self.folder, self.family, self.towers.text.max_len)
 
     def image_preprocessor(self) -> ImagePreprocessor:
         """The checkpoint's image pre-processing (its ``preprocessor_config.json``)."""
@@ -86,8 +81,8 @@ class Pretrained:
             "family": self.family,
             "architecture": self.architecture,
             "module": type(self.model).__name__,
-            "vision": dataclasses.asdict(self.towers.vision) if self.towers.vision else None,
-            "text": dataclasses.asdict(self.towers.text) if self.towers.text else None,
+            "vision": dataclasses.asdict(self.towers.vision) if "image" in self.kinds else None,
+            "text": dataclasses.asdict(self.towers.text) if "text" in self.kinds else None,
             "vision_embed_dim": self.towers.vision_embed_dim,
             "text_embed_dim": self.towers.text_embed_dim,
             "parameters": int(sum(leaf.size for leaf in leaves)),
@@ -244,6 +239,18 @@ def _reader(checkpoint: SafetensorsCheckpoint, tensor: Tensor, shape: tuple, dty
     return read
 
 
+def describe(source: str | Path, *, revision: str | None = None) -> tuple[Family, str, Towers]:
+    """A checkpoint's family, architecture and jaxrank tower configs, without reading weights."""
+    from transformers import AutoConfig
+
+    folder = resolve_checkpoint(source, revision=revision)
+    family, architecture = identify(read_config(folder), folder)
+    try:
+        return family, architecture, family.towers(AutoConfig.from_pretrained(folder), architecture)
+    except ValueError as err:
+        raise UnsupportedCheckpoint(f"{folder / CONFIG_FILE}: {err}") from err
+
+
 def load_pretrained(
     source: str | Path,
     *,
@@ -264,12 +271,7 @@ def load_pretrained(
     random initialisation (from ``seed``) only when ``ignore_missing``.
     """
     folder = resolve_checkpoint(source, revision=revision)
-    family, architecture = identify(read_config(folder), folder)
-    hf_config = AutoConfig.from_pretrained(folder)
-    try:
-        towers = family.towers(hf_config, architecture)
-    except ValueError as err:
-        raise UnsupportedCheckpoint(f"{folder / CONFIG_FILE}: {err}") from err
+    family, architecture, towers = describe(folder)
     present = family.architectures[architecture]
     if tower is not None and tower not in present:
         raise ValueError(f"tower={tower!r}: {architecture} at {folder} holds only {list(present)}")
@@ -323,6 +325,7 @@ def load_pretrained(
         family=family.name,
         architecture=architecture,
         towers=towers,
+        kinds=kinds,
         folder=folder,
         loaded=loaded,
         skipped=tuple(sorted(expected - {t.name for t in rules.values()})),

@@ -9,9 +9,7 @@ model is called without an attention mask.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
-
-from transformers import PretrainedConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from typing import TYPE_CHECKING, ClassVar
 
 from jaxrank.models.hf.family import (
     Family,
@@ -32,6 +30,9 @@ from jaxrank.models.hf.tensors import (
 )
 from jaxrank.models.text import TextConfig
 from jaxrank.models.vit import VisionConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, SiglipTextConfig, SiglipVisionConfig
 
 
 def _vision(c: SiglipVisionConfig) -> VisionConfig:
@@ -164,6 +165,8 @@ class SiglipFamily(Family):
         }
 
     def export_config(self, towers: Towers, architecture: str) -> PretrainedConfig:
+        from transformers import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+
         if architecture == "SiglipModel":
             config = SiglipConfig(
                 text_config=_text_export(towers.text, towers.text_embed_dim),

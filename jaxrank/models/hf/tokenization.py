@@ -63,6 +63,12 @@ class TextTokenizer:
             raise ValueError(f"{path}: tokenizer has no pad token")
         return cls(tokenizer, max_len, pad_to_max, mask_padding)
 
+    @classmethod
+    def for_family(cls, folder: str | Path, family: str, max_len: int) -> TextTokenizer:
+        """The convention of ``family`` ('clip' masks padding, 'siglip' does not), padded to
+        ``max_len`` (the text tower's positions) so every batch has one shape."""
+        return cls.from_pretrained(folder, max_len, pad_to_max=True, mask_padding=family == "clip")
+
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts -> ``(ids, mask)``, both int32 ``[B, L]``; ``L = max_len`` with ``pad_to_max``,
         else the longest (truncated) text in the batch."""

@@ -1,0 +1,10 @@
+"""Errors of Hugging Face checkpoint loading (kept apart so the CLI can catch them without
+importing transformers)."""
+
+
+class UnsupportedCheckpoint(ValueError):
+    """A checkpoint whose architecture or settings jaxrank's encoders cannot represent."""
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose tensors do not fit the module its config describes."""
