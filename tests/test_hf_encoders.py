@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hf_tokenizer_fixtures import (
-    CLIP_EOS_ID,
-    CLIP_VOCAB_SIZE,
-    SIGLIP_VOCAB_SIZE,
-    write_tiny_clip_tokenizer,
-    write_tiny_siglip_tokenizer,
+from hf_checkpoints import (
+    CLIP_TEXT,
+    CLIP_VISION,
+    SIGLIP_TEXT,
+    SIGLIP_VISION,
+    tiny_checkpoint,
 )
 from jax.sharding import PartitionSpec as P
 from PIL import Image
@@ -46,91 +46,14 @@ PHOTOS = {
     "rocket": skdata.rocket,
 }
 
-# Odd shapes on purpose: widths that are not powers of two, 3 or 5 heads, patch sizes 6 and 8.
-CLIP_TEXT = {
-    "vocab_size": CLIP_VOCAB_SIZE,
-    "hidden_size": 40,
-    "intermediate_size": 52,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 5,
-    "max_position_embeddings": 16,
-    "bos_token_id": 0,
-    "eos_token_id": CLIP_EOS_ID,
-    "pad_token_id": CLIP_EOS_ID,
-}
-CLIP_VISION = {
-    "hidden_size": 36,
-    "intermediate_size": 60,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 3,
-    "image_size": 30,
-    "patch_size": 6,
-}
-SIGLIP_TEXT = {
-    "vocab_size": SIGLIP_VOCAB_SIZE,
-    "hidden_size": 40,
-    "intermediate_size": 56,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 12,
-    "projection_size": 48,
-    "hidden_act": "gelu_pytorch_tanh",
-}
-SIGLIP_VISION = {
-    "hidden_size": 48,
-    "intermediate_size": 72,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 3,
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_act": "gelu_pytorch_tanh",
-}
-
-
-def _hf_config(kind: str):
-    t = transformers
-    if kind == "clip":
-        return t.CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION, projection_dim=24)
-    if kind == "clip_legacy":  # eos_token_id=2: pooling at the largest id; exact gelu
-        text = {**CLIP_TEXT, "eos_token_id": 2, "hidden_act": "gelu"}
-        vision = {**CLIP_VISION, "hidden_act": "gelu", "patch_size": 10}
-        return t.CLIPConfig(text_config=text, vision_config=vision, projection_dim=20)
-    return t.SiglipConfig(text_config=SIGLIP_TEXT, vision_config=SIGLIP_VISION)
-
-
-def _save_reference(folder, model, processor_kind: str, size: int):
-    """A checkpoint folder as transformers writes it: weights, config, tokenizer, processor."""
-    model.save_pretrained(folder)
-    if processor_kind == "clip":
-        write_tiny_clip_tokenizer(folder)
-        transformers.CLIPImageProcessorPil(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-        ).save_pretrained(folder)
-    else:
-        write_tiny_siglip_tokenizer(folder)
-        transformers.SiglipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(
-            folder
-        )
-    return folder
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Random tiny two-tower models saved by transformers, with their PyTorch modules."""
     out = {}
-    for kind in ("clip", "clip_legacy", "siglip"):
-        torch.manual_seed(len(out))
-        config = _hf_config(kind)
-        model_class = transformers.SiglipModel if kind == "siglip" else transformers.CLIPModel
-        model = model_class(config).eval()
-        with torch.no_grad():  # a non-trivial scale/bias, so the logits test can fail
-            model.logit_scale.fill_(1.7)
-            if kind == "siglip":
-                model.logit_bias.fill_(-3.0)
+    for seed, kind in enumerate(("clip", "clip_legacy", "siglip")):
         folder = tmp_path_factory.mktemp(kind)
-        family = "siglip" if kind == "siglip" else "clip"
-        _save_reference(folder, model, family, config.vision_config.image_size)
-        out[kind] = (folder, model)
+        out[kind] = (folder, tiny_checkpoint(folder, kind, seed))
     return out
 
 
