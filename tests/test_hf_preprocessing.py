@@ -276,3 +276,34 @@ def test_unmasked_padding_needs_a_fixed_length(tmp_path):
     write_tiny_siglip_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="pad_to_max"):
         TextTokenizer.from_pretrained(tmp_path, max_len=12, pad_to_max=False, mask_padding=False)
+
+
+def test_sentencepiece_siglip_tokenizer_of_real_checkpoints(tmp_path):
+    """Real SigLIP checkpoints ship a sentencepiece ``SiglipTokenizer``; it loads through the
+    family wrapper (all-ones mask, padded and truncated to the tower's length)."""
+    import sentencepiece
+    from transformers import SiglipTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["a photo of a cat", "the dog", "red striped circle"] * 40))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "spm"),
+        vocab_size=18,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
+    folder = tmp_path / "siglip"
+    SiglipTokenizer(vocab_file=str(tmp_path / "spm.model")).save_pretrained(folder)
+    texts = ["a photo of a cat", "a red dog striped like a cat, photo of the circle"]
+
+    ids, mask = TextTokenizer.for_family(folder, "siglip", max_len=12)(texts)
+    want = SiglipTokenizer.from_pretrained(folder)(
+        texts, padding="max_length", max_length=12, truncation=True
+    )["input_ids"]
+    np.testing.assert_array_equal(ids, np.asarray(want, np.int32))
+    assert ids.shape == (2, 12) and (mask == 1).all() and ids[0, -1] == 1  # padded with </s>
