@@ -186,9 +186,10 @@ def test_one_tower_of_a_two_tower_checkpoint(checkpoints):
 
 
 # bf16 parameters and compute: each embedding stays within this cosine distance of float32's
-# and each logit within this fraction of the logit range (measured: see docs/hf_encoders.md).
+# and each logit within this fraction of the logit range (measured by scripts/hf_parity.py:
+# at most 7e-5 and 0.017, see docs/hf_encoders.md).
 BF16_MIN_COSINE = 0.999
-BF16_LOGIT_TOLERANCE = 0.02
+BF16_LOGIT_TOLERANCE = 0.03
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
