@@ -67,6 +67,8 @@ def fit(
 
     pending: list[dict[str, jax.Array]] = []
     try:
+        if start == 0 and total_steps == 0:  # a model used as is (e.g. a pretrained scorer)
+            checkpointer.save(0, state, {"iterator": iterator.get_state()})
         for step in range(start + 1, total_steps + 1):
             batch = place_batch(next(iterator))
             state, metrics = step_fn(state, batch, frozen)

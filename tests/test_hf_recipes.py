@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from hf_checkpoints import tiny_checkpoint
-from test_contrastive_recipe import CONFIG, TINY
+from test_contrastive_recipe import CONFIG, ROOT, TINY
 
 from jaxrank import cli, parallel
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
@@ -110,3 +110,28 @@ def test_pretrained_family_must_match_the_config(clip_folder):
     cfg = _pretrained_config(folder, "model.family=siglip")
     with pytest.raises(ConfigError, match=r"needs a two-tower model of model.family='siglip'"):
         contrastive.setup(cfg, parallel.make_mesh())
+
+
+def test_zero_step_run_serves_the_checkpoint_as_a_frozen_scorer(clip_folder, tmp_path):
+    """Region-R1 with ``scorer.model.pretrained`` and ``scorer.train.steps=0``: the scorer is
+    the checkpoint itself, with its input size and normalisation."""
+    from jaxrank.recipes import region_r1
+
+    folder, reference = clip_folder
+    cfg = load_config_file(ROOT / "configs" / "region_r1" / "synthetic.py")
+    cfg.scorer = _pretrained_config(folder, "train.steps=0")
+    mesh = parallel.make_mesh()
+    scorer = region_r1.Scorer(cfg, tmp_path, mesh)
+    start = nnx.to_pure_dict(nnx.state(load_pretrained(folder).model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(scorer.params), start)
+    assert scorer.input_size == 30 and scorer.kb.shape == (16, 24)
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 30, 30, 3)).astype(np.float32)
+    got = scorer.embed(scorer.params, jnp.asarray(pixels))
+    inputs = contrastive.encoder_inputs(cfg.scorer)
+    normalized = np.asarray(inputs.normalize(jnp.asarray(pixels))).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        want = reference.get_image_features(pixel_values=torch.tensor(normalized))
+    want = getattr(want, "pooler_output", want)
+    want = (want / want.norm(dim=-1, keepdim=True)).numpy()
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
