@@ -1,11 +1,15 @@
 """Tiny random CLIP/SigLIP checkpoints as transformers writes them (weights, config, tokenizer,
-image processor), shared by the Hugging Face tests."""
+image processor), real photos and texts to feed them, and both implementations' outputs: shared
+by the Hugging Face tests and scripts/hf_parity.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import transformers
+from flax import nnx
 from hf_tokenizer_fixtures import (
     CLIP_EOS_ID,
     CLIP_VOCAB_SIZE,
@@ -13,6 +17,8 @@ from hf_tokenizer_fixtures import (
     write_tiny_clip_tokenizer,
     write_tiny_siglip_tokenizer,
 )
+from PIL import Image
+from skimage import data as skdata
 
 # Odd shapes on purpose: widths that are not powers of two, 3 or 5 heads, patch sizes 6 and 8.
 CLIP_TEXT = {
@@ -100,3 +106,50 @@ def tiny_checkpoint(folder: Path, kind: str, seed: int = 0):
     family = "siglip" if kind == "siglip" else "clip"
     save_reference(folder, model, family, config.vision_config.image_size)
     return model
+
+
+TEXTS = ["a photo of a cat", "the dog", "a cat of the dog photo, and the cat", "photo"]
+PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket")  # camera is grayscale
+
+
+def photos() -> list[Image.Image]:
+    return [Image.fromarray(getattr(skdata, name)()) for name in PHOTOS]
+
+
+def reference_inputs(folder: Path, family: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """transformers' own pre-processing and tokenisation of ``photos()`` and ``TEXTS`` (padded
+    to the text tower's length), so that a comparison isolates the models."""
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    pixels = processor(images=photos(), return_tensors="np")["pixel_values"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    length = transformers.AutoConfig.from_pretrained(folder).text_config.max_position_embeddings
+    encoded = tokenizer(TEXTS, padding="max_length", max_length=length, truncation=True)
+    ids = np.asarray(encoded["input_ids"])
+    mask = np.asarray(encoded["attention_mask"]) if family == "clip" else np.ones_like(ids)
+    return pixels, ids, mask
+
+
+def torch_outputs(model, pixels, ids, mask, family: str) -> dict[str, np.ndarray]:
+    """The PyTorch reference's embeddings and logits (SigLIP called without a mask, as trained)."""
+    import torch
+
+    kwargs = {"attention_mask": torch.tensor(mask)} if family == "clip" else {}
+    with torch.no_grad():
+        out = model(pixel_values=torch.tensor(pixels), input_ids=torch.tensor(ids), **kwargs)
+    return {
+        "image": out.image_embeds.numpy(),
+        "text": out.text_embeds.numpy(),
+        "logits": out.logits_per_text.numpy(),
+    }
+
+
+def jaxrank_outputs(model, pixels, ids, mask) -> dict[str, np.ndarray]:
+    """jaxrank's embeddings and logits for channels-first ``pixels`` (as transformers takes)."""
+    out = nnx.jit(lambda m, *xs: m(*xs))(
+        model, jnp.asarray(pixels.transpose(0, 2, 3, 1)), jnp.asarray(ids), jnp.asarray(mask)
+    )
+    return {
+        "image": np.asarray(out.image_embeds),
+        "text": np.asarray(out.text_embeds),
+        "logits": np.asarray(out.logits_per_text()),
+    }

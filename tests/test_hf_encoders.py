@@ -15,12 +15,15 @@ from hf_checkpoints import (
     CLIP_VISION,
     SIGLIP_TEXT,
     SIGLIP_VISION,
+    TEXTS,
+    jaxrank_outputs,
+    photos,
+    reference_inputs,
     tiny_checkpoint,
+    torch_outputs,
 )
 from jax.sharding import PartitionSpec as P
-from PIL import Image
 from safetensors.numpy import load_file, save_file
-from skimage import data as skdata
 
 from jaxrank.models.dual_encoder import DualEncoder
 from jaxrank.models.hf import (
@@ -37,15 +40,6 @@ from jaxrank.parallel import MODEL, make_mesh
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TEXTS = ["a photo of a cat", "the dog", "a cat of the dog photo, and the cat", "photo"]
-PHOTOS = {
-    "astronaut": skdata.astronaut,
-    "coffee": skdata.coffee,
-    "chelsea": skdata.chelsea,
-    "camera": skdata.camera,  # grayscale
-    "rocket": skdata.rocket,
-}
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
@@ -57,54 +51,17 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-def _photos():
-    return [Image.fromarray(PHOTOS[name]()) for name in PHOTOS]
-
-
-def _reference_inputs(folder, family: str):
-    processor = transformers.AutoImageProcessor.from_pretrained(folder)
-    pixels = processor(images=_photos(), return_tensors="np")["pixel_values"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    max_len = 16 if family == "clip" else 12
-    encoded = tokenizer(TEXTS, padding="max_length", max_length=max_len, truncation=True)
-    ids = np.asarray(encoded["input_ids"])
-    mask = np.asarray(encoded["attention_mask"]) if family == "clip" else np.ones_like(ids)
-    return pixels, ids, mask
-
-
-def _reference_outputs(model, pixels, ids, mask, family: str):
-    kwargs = {"attention_mask": torch.tensor(mask)} if family == "clip" else {}
-    with torch.no_grad():
-        out = model(pixel_values=torch.tensor(pixels), input_ids=torch.tensor(ids), **kwargs)
-    return {
-        "image": out.image_embeds.numpy(),
-        "text": out.text_embeds.numpy(),
-        "logits": out.logits_per_text.numpy(),
-    }
-
-
-def _jaxrank_outputs(model: DualEncoder, pixels, ids, mask):
-    out = nnx.jit(lambda m, *xs: m(*xs))(
-        model, jnp.asarray(pixels.transpose(0, 2, 3, 1)), jnp.asarray(ids), jnp.asarray(mask)
-    )
-    return {
-        "image": np.asarray(out.image_embeds),
-        "text": np.asarray(out.text_embeds),
-        "logits": np.asarray(out.logits_per_text()),
-    }
-
-
 @pytest.mark.parametrize("kind", ["clip", "clip_legacy", "siglip"])
 def test_two_tower_model_matches_transformers_on_real_photos(checkpoints, kind):
     folder, reference = checkpoints[kind]
     family = "siglip" if kind == "siglip" else "clip"
-    pixels, ids, mask = _reference_inputs(folder, family)
+    pixels, ids, mask = reference_inputs(folder, family)
     assert (mask == 0).any() or family == "siglip"  # padding really is masked for CLIP
-    want = _reference_outputs(reference, pixels, ids, mask, family)
+    want = torch_outputs(reference, pixels, ids, mask, family)
 
     loaded = load_pretrained(folder)
     assert isinstance(loaded.model, DualEncoder) and loaded.family == family
-    got = _jaxrank_outputs(loaded.model, pixels, ids, mask)
+    got = jaxrank_outputs(loaded.model, pixels, ids, mask)
     for name in ("image", "text"):
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0, err_msg=name)
     np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-5, rtol=1e-5)
@@ -114,15 +71,15 @@ def test_two_tower_model_matches_transformers_on_real_photos(checkpoints, kind):
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_own_preprocessing_and_tokenizer_feed_the_same_embeddings(checkpoints, kind):
     folder, reference = checkpoints[kind]
-    pixels, ids, mask = _reference_inputs(folder, kind)
-    want = _reference_outputs(reference, pixels, ids, mask, kind)
+    pixels, ids, mask = reference_inputs(folder, kind)
+    want = torch_outputs(reference, pixels, ids, mask, kind)
 
     loaded = load_pretrained(folder)
-    own_pixels = loaded.image_preprocessor()(_photos())
+    own_pixels = loaded.image_preprocessor()(photos())
     own_ids, own_mask = loaded.tokenizer()(TEXTS)
     np.testing.assert_array_equal(own_ids, ids)
     np.testing.assert_array_equal(own_mask, mask)
-    got = _jaxrank_outputs(loaded.model, own_pixels.transpose(0, 3, 1, 2), own_ids, own_mask)
+    got = jaxrank_outputs(loaded.model, own_pixels.transpose(0, 3, 1, 2), own_ids, own_mask)
     np.testing.assert_allclose(got["image"], want["image"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got["text"], want["text"], atol=1e-5, rtol=0)
 
@@ -174,8 +131,8 @@ def test_single_tower_models_match_transformers(tmp_path, architecture):
 
 def test_one_tower_of_a_two_tower_checkpoint(checkpoints):
     folder, reference = checkpoints["clip"]
-    pixels, ids, mask = _reference_inputs(folder, "clip")
-    want = _reference_outputs(reference, pixels, ids, mask, "clip")
+    pixels, ids, mask = reference_inputs(folder, "clip")
+    want = torch_outputs(reference, pixels, ids, mask, "clip")
     image = load_pretrained(folder, tower="image")
     text = load_pretrained(folder, tower="text")
     assert image.skipped and all(not n.startswith("vision_model.") for n in image.skipped)
@@ -195,12 +152,12 @@ BF16_LOGIT_TOLERANCE = 0.03
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_bfloat16_stays_close_to_float32_reference(checkpoints, kind):
     folder, reference = checkpoints[kind]
-    pixels, ids, mask = _reference_inputs(folder, kind)
-    want = _reference_outputs(reference, pixels, ids, mask, kind)
+    pixels, ids, mask = reference_inputs(folder, kind)
+    want = torch_outputs(reference, pixels, ids, mask, kind)
     loaded = load_pretrained(folder, dtype=jnp.bfloat16)
     params = jax.tree.leaves(nnx.state(loaded.model, nnx.Param))
     assert {leaf.dtype for leaf in params} == {jnp.dtype(jnp.bfloat16)}
-    got = _jaxrank_outputs(loaded.model, pixels, ids, mask)
+    got = jaxrank_outputs(loaded.model, pixels, ids, mask)
     for name in ("image", "text"):
         cosine = np.sum(got[name] * want[name], axis=-1)
         assert cosine.min() > BF16_MIN_COSINE, (name, cosine)
@@ -210,8 +167,8 @@ def test_bfloat16_stays_close_to_float32_reference(checkpoints, kind):
 
 def test_sharded_load_places_slices_and_matches_single_device(checkpoints, monkeypatch):
     folder, reference = checkpoints["siglip"]
-    pixels, ids, mask = _reference_inputs(folder, "siglip")
-    want = _reference_outputs(reference, pixels, ids, mask, "siglip")
+    pixels, ids, mask = reference_inputs(folder, "siglip")
+    want = torch_outputs(reference, pixels, ids, mask, "siglip")
 
     reads = []
     original = SafetensorsCheckpoint.read
@@ -236,7 +193,7 @@ def test_sharded_load_places_slices_and_matches_single_device(checkpoints, monke
     assert fc1_reads and all(shape == (72 // 2, 48) for shape in fc1_reads)  # halves only
 
     with jax.set_mesh(mesh):
-        got = _jaxrank_outputs(loaded.model, pixels, ids, mask)
+        got = jaxrank_outputs(loaded.model, pixels, ids, mask)
     for name in ("image", "text", "logits"):
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=1e-5, err_msg=name)
 
@@ -277,8 +234,8 @@ def test_export_round_trip_through_transformers(tmp_path, config):
     family = "siglip" if architecture.startswith("Siglip") else "clip"
     if family == "siglip":
         mask = np.ones_like(ids)
-    want = _reference_outputs(reference, pixels, ids, mask, family)
-    got = _jaxrank_outputs(model, pixels, ids, mask)
+    want = torch_outputs(reference, pixels, ids, mask, family)
+    got = jaxrank_outputs(model, pixels, ids, mask)
     for name in ("image", "text", "logits"):
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=1e-5, err_msg=name)
 

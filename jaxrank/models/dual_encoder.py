@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -87,30 +88,28 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
 
 
 class _ProjectedTower(nnx.Module):
-    """A tower's pooled vector, linearly projected to the embedding space when ``embed_dim`` is
-    set (the projection is absent when the tower width already is the embedding width)."""
+    """A tower (``tower_class`` built from ``config``) whose pooled vector is linearly projected
+    to the embedding space when ``embed_dim`` is set (no projection when the tower width already
+    is the embedding width), then L2-normalised in float32."""
+
+    tower_class: ClassVar[type[VisionTransformer] | type[TextTransformer]]
 
     def __init__(
         self,
-        width: int,
+        config: VisionConfig | TextConfig,
         embed_dim: int | None,
-        projection_bias: bool,
+        projection_bias: bool = False,
         *,
-        dtype: DTypeLike,
-        param_dtype: DTypeLike,
+        dtype: DTypeLike = jnp.float32,
+        param_dtype: DTypeLike = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        dtypes = {"dtype": dtype, "param_dtype": param_dtype}
+        self.tower = self.tower_class(config, **dtypes, rngs=rngs)
         self.projection = (
             None
             if embed_dim is None
-            else nnx.Linear(
-                width,
-                embed_dim,
-                use_bias=projection_bias,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
+            else nnx.Linear(config.width, embed_dim, use_bias=projection_bias, **dtypes, rngs=rngs)
         )
 
     def _embed(self, pooled: jax.Array) -> jax.Array:
@@ -123,25 +122,7 @@ class ImageEncoder(_ProjectedTower):
     """Image tower + projection: pixels [B, H, W, C] (channels-last, normalised) -> unit
     embeddings [B, D] float32. Alone, it is what a ``CLIPVisionModelWithProjection`` loads into."""
 
-    def __init__(
-        self,
-        vision: VisionConfig,
-        embed_dim: int | None,
-        projection_bias: bool = False,
-        *,
-        dtype: DTypeLike = jnp.float32,
-        param_dtype: DTypeLike = jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        self.tower = VisionTransformer(vision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        super().__init__(
-            vision.width,
-            embed_dim,
-            projection_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+    tower_class = VisionTransformer
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         pooled, _ = self.tower(pixels)
@@ -152,25 +133,7 @@ class TextEncoder(_ProjectedTower):
     """Text tower + projection: token ids [B, L] (+ mask, 1 = real token) -> unit embeddings
     [B, D] float32. Alone, it is what a ``CLIPTextModelWithProjection`` loads into."""
 
-    def __init__(
-        self,
-        text: TextConfig,
-        embed_dim: int | None,
-        projection_bias: bool = False,
-        *,
-        dtype: DTypeLike = jnp.float32,
-        param_dtype: DTypeLike = jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        self.tower = TextTransformer(text, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        super().__init__(
-            text.width,
-            embed_dim,
-            projection_bias,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
+    tower_class = TextTransformer
 
     def __call__(self, token_ids: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         pooled, _ = self.tower(token_ids, mask)

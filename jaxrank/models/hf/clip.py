@@ -8,9 +8,11 @@ from jaxrank.models.hf.family import (
     Family,
     Tower,
     Towers,
-    activation,
-    exported_activation,
     projection_rules,
+    text_config,
+    text_fields,
+    vision_config,
+    vision_fields,
 )
 from jaxrank.models.hf.tensors import Path, Tensor
 from jaxrank.models.text import TextConfig
@@ -25,62 +27,17 @@ _LEGACY_EOS_TOKEN_ID = 2
 
 
 def _vision(c: CLIPVisionConfig) -> VisionConfig:
-    return VisionConfig(
-        image_size=c.image_size,
-        patch_size=c.patch_size,
-        width=c.hidden_size,
-        depth=c.num_hidden_layers,
-        heads=c.num_attention_heads,
-        mlp_dim=c.intermediate_size,
-        act=activation(c.hidden_act, "vision_config.hidden_act"),
-        layer_norm_eps=c.layer_norm_eps,
-        channels=c.num_channels,
-    )
+    return vision_config(c, "vision_config")
 
 
 def _text(c: CLIPTextConfig) -> TextConfig:
-    return TextConfig(
-        vocab_size=c.vocab_size,
-        max_len=c.max_position_embeddings,
-        width=c.hidden_size,
-        depth=c.num_hidden_layers,
-        heads=c.num_attention_heads,
-        mlp_dim=c.intermediate_size,
-        act=activation(c.hidden_act, "text_config.hidden_act"),
-        layer_norm_eps=c.layer_norm_eps,
-        eos_token_id=None if c.eos_token_id == _LEGACY_EOS_TOKEN_ID else c.eos_token_id,
-    )
-
-
-def _vision_export(v: VisionConfig) -> dict:
-    return {
-        "image_size": v.image_size,
-        "patch_size": v.patch_size,
-        "hidden_size": v.width,
-        "num_hidden_layers": v.depth,
-        "num_attention_heads": v.heads,
-        "intermediate_size": v.mlp_dim,
-        "hidden_act": exported_activation(v.act),
-        "layer_norm_eps": v.layer_norm_eps,
-        "num_channels": v.channels,
-    }
+    eos = None if c.eos_token_id == _LEGACY_EOS_TOKEN_ID else c.eos_token_id
+    return text_config(c, "text_config", eos_token_id=eos)
 
 
 def _text_export(t: TextConfig) -> dict:
     eos = _LEGACY_EOS_TOKEN_ID if t.eos_token_id is None else t.eos_token_id
-    return {
-        "vocab_size": t.vocab_size,
-        "max_position_embeddings": t.max_len,
-        "hidden_size": t.width,
-        "num_hidden_layers": t.depth,
-        "num_attention_heads": t.heads,
-        "intermediate_size": t.mlp_dim,
-        "hidden_act": exported_activation(t.act),
-        "layer_norm_eps": t.layer_norm_eps,
-        "eos_token_id": eos,
-        "bos_token_id": None,
-        "pad_token_id": None,
-    }
+    return {**text_fields(t), "eos_token_id": eos}
 
 
 class CLIPFamily(Family):
@@ -127,13 +84,13 @@ class CLIPFamily(Family):
         if architecture == "CLIPModel":
             config = CLIPConfig(
                 text_config=_text_export(towers.text),
-                vision_config=_vision_export(towers.vision),
+                vision_config=vision_fields(towers.vision),
                 projection_dim=towers.vision_embed_dim,
                 logit_scale_init_value=towers.logit_scale_init,
             )
         elif towers.vision is not None:
             config = CLIPVisionConfig(
-                **_vision_export(towers.vision), projection_dim=towers.vision_embed_dim or 512
+                **vision_fields(towers.vision), projection_dim=towers.vision_embed_dim or 512
             )
         else:
             config = CLIPTextConfig(

@@ -54,6 +54,69 @@ def exported_activation(name: str) -> str:
     return _EXPORTED_ACTIVATIONS[name]
 
 
+def _shape(c: PretrainedConfig, key: str) -> dict[str, Any]:
+    return {
+        "width": c.hidden_size,
+        "depth": c.num_hidden_layers,
+        "heads": c.num_attention_heads,
+        "mlp_dim": c.intermediate_size,
+        "act": activation(c.hidden_act, f"{key}.hidden_act"),
+        "layer_norm_eps": c.layer_norm_eps,
+    }
+
+
+def vision_config(c: PretrainedConfig, key: str, **layout: Any) -> VisionConfig:
+    """jaxrank's VisionConfig from a CLIP/SigLIP vision config (the two share field names);
+    ``layout`` holds the family's options (class token, pooling...)."""
+    return VisionConfig(
+        image_size=c.image_size,
+        patch_size=c.patch_size,
+        channels=c.num_channels,
+        **_shape(c, key),
+        **layout,
+    )
+
+
+def text_config(c: PretrainedConfig, key: str, **layout: Any) -> TextConfig:
+    """jaxrank's TextConfig from a CLIP/SigLIP text config; ``layout`` as for vision."""
+    return TextConfig(
+        vocab_size=c.vocab_size, max_len=c.max_position_embeddings, **_shape(c, key), **layout
+    )
+
+
+def _shape_fields(tower: VisionConfig | TextConfig) -> dict[str, Any]:
+    return {
+        "hidden_size": tower.width,
+        "num_hidden_layers": tower.depth,
+        "num_attention_heads": tower.heads,
+        "intermediate_size": tower.mlp_dim,
+        "hidden_act": exported_activation(tower.act),
+        "layer_norm_eps": tower.layer_norm_eps,
+    }
+
+
+def vision_fields(v: VisionConfig) -> dict[str, Any]:
+    """transformers vision-config fields for ``v`` (export)."""
+    return {
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "num_channels": v.channels,
+        **_shape_fields(v),
+    }
+
+
+def text_fields(t: TextConfig) -> dict[str, Any]:
+    """transformers text-config fields for ``t`` (export); special token ids are the family's."""
+    return {
+        "vocab_size": t.vocab_size,
+        "max_position_embeddings": t.max_len,
+        **_shape_fields(t),
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Towers:
     """A checkpoint's encoders in jaxrank terms. ``*_embed_dim`` is a tower's projection output

@@ -11,14 +11,16 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar
 
+from jaxrank.models.hf.errors import UnsupportedCheckpoint
 from jaxrank.models.hf.family import (
     Family,
     Tower,
     Towers,
-    UnsupportedCheckpoint,
-    activation,
-    exported_activation,
     projection_rules,
+    text_config,
+    text_fields,
+    vision_config,
+    vision_fields,
 )
 from jaxrank.models.hf.tensors import (
     Path,
@@ -41,67 +43,12 @@ def _vision(c: SiglipVisionConfig) -> VisionConfig:
             "vision_config.vision_use_head=False: without its pooling head a SigLIP image tower "
             "has no image embedding"
         )
-    return VisionConfig(
-        image_size=c.image_size,
-        patch_size=c.patch_size,
-        width=c.hidden_size,
-        depth=c.num_hidden_layers,
-        heads=c.num_attention_heads,
-        mlp_dim=c.intermediate_size,
-        act=activation(c.hidden_act, "vision_config.hidden_act"),
-        layer_norm_eps=c.layer_norm_eps,
-        class_token=False,
-        patch_bias=True,
-        pre_norm=False,
-        pool="map",
-        channels=c.num_channels,
-    )
+    layout = {"class_token": False, "patch_bias": True, "pre_norm": False, "pool": "map"}
+    return vision_config(c, "vision_config", **layout)
 
 
 def _text(c: SiglipTextConfig) -> TextConfig:
-    return TextConfig(
-        vocab_size=c.vocab_size,
-        max_len=c.max_position_embeddings,
-        width=c.hidden_size,
-        depth=c.num_hidden_layers,
-        heads=c.num_attention_heads,
-        mlp_dim=c.intermediate_size,
-        act=activation(c.hidden_act, "text_config.hidden_act"),
-        layer_norm_eps=c.layer_norm_eps,
-        causal=False,
-        pool="last",
-    )
-
-
-def _vision_export(v: VisionConfig) -> dict:
-    return {
-        "image_size": v.image_size,
-        "patch_size": v.patch_size,
-        "hidden_size": v.width,
-        "num_hidden_layers": v.depth,
-        "num_attention_heads": v.heads,
-        "intermediate_size": v.mlp_dim,
-        "hidden_act": exported_activation(v.act),
-        "layer_norm_eps": v.layer_norm_eps,
-        "num_channels": v.channels,
-    }
-
-
-def _text_export(t: TextConfig, projection_size: int) -> dict:
-    return {
-        "vocab_size": t.vocab_size,
-        "max_position_embeddings": t.max_len,
-        "hidden_size": t.width,
-        "num_hidden_layers": t.depth,
-        "num_attention_heads": t.heads,
-        "intermediate_size": t.mlp_dim,
-        "hidden_act": exported_activation(t.act),
-        "layer_norm_eps": t.layer_norm_eps,
-        "projection_size": projection_size,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
-    }
+    return text_config(c, "text_config", causal=False, pool="last")
 
 
 class SiglipFamily(Family):
@@ -169,13 +116,15 @@ class SiglipFamily(Family):
 
         if architecture == "SiglipModel":
             config = SiglipConfig(
-                text_config=_text_export(towers.text, towers.text_embed_dim),
-                vision_config=_vision_export(towers.vision),
+                text_config={**text_fields(towers.text), "projection_size": towers.text_embed_dim},
+                vision_config=vision_fields(towers.vision),
             )
         elif towers.vision is not None:
-            config = SiglipVisionConfig(**_vision_export(towers.vision))
+            config = SiglipVisionConfig(**vision_fields(towers.vision))
         else:
-            config = SiglipTextConfig(**_text_export(towers.text, towers.text_embed_dim))
+            config = SiglipTextConfig(
+                **{**text_fields(towers.text), "projection_size": towers.text_embed_dim}
+            )
         config.architectures = [architecture]
         return config
 
