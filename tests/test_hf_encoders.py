@@ -164,6 +164,12 @@ def test_bfloat16_stays_close_to_float32_reference(checkpoints, kind):
     spread = want["logits"].max() - want["logits"].min()
     assert np.abs(got["logits"] - want["logits"]).max() < BF16_LOGIT_TOLERANCE * spread
 
+    mixed = load_pretrained(folder, compute_dtype=jnp.bfloat16)  # float32 weights, bf16 compute
+    params = jax.tree.leaves(nnx.state(mixed.model, nnx.Param))
+    assert {leaf.dtype for leaf in params} == {jnp.dtype(jnp.float32)}
+    got = jaxrank_outputs(mixed.model, pixels, ids, mask)
+    assert np.sum(got["image"] * want["image"], axis=-1).min() > BF16_MIN_COSINE
+
 
 def test_sharded_load_places_slices_and_matches_single_device(checkpoints, monkeypatch):
     folder, reference = checkpoints["siglip"]

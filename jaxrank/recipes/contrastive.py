@@ -56,7 +56,7 @@ def encoder_inputs(cfg: ml_collections.ConfigDict) -> EncoderInputs:
 
 
 def _pretrained_model(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> DualEncoder:
-    loaded = load_pretrained(cfg.model.pretrained, dtype=cfg.model.dtype, mesh=mesh)
+    loaded = load_pretrained(cfg.model.pretrained, compute_dtype=cfg.model.dtype, mesh=mesh)
     if not isinstance(loaded.model, DualEncoder) or loaded.family != cfg.model.family:
         raise ConfigError(
             f"model.pretrained={cfg.model.pretrained!r} is a {loaded.architecture}; the recipe "

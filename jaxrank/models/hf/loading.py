@@ -142,9 +142,15 @@ def name_map(
     return both | family.logit_rules(towers)
 
 
-def build_encoder(towers: Towers, kinds: tuple[Tower, ...], dtype: DTypeLike, rngs: nnx.Rngs):
-    """The jaxrank module for ``kinds`` of ``towers`` (parameters as ``dtype``)."""
-    dtypes = {"dtype": dtype, "param_dtype": dtype}
+def build_encoder(
+    towers: Towers,
+    kinds: tuple[Tower, ...],
+    dtype: DTypeLike,
+    param_dtype: DTypeLike,
+    rngs: nnx.Rngs,
+):
+    """The jaxrank module for ``kinds`` of ``towers``."""
+    dtypes = {"dtype": dtype, "param_dtype": param_dtype}
     if kinds == ("image",):
         return ImageEncoder(
             towers.vision, towers.vision_embed_dim, towers.projection_bias, **dtypes, rngs=rngs
@@ -153,10 +159,12 @@ def build_encoder(towers: Towers, kinds: tuple[Tower, ...], dtype: DTypeLike, rn
         return TextEncoder(
             towers.text, towers.text_embed_dim, towers.projection_bias, **dtypes, rngs=rngs
         )
-    return DualEncoder(dual_config(towers, dtype), rngs=rngs)
+    return DualEncoder(dual_config(towers, dtype, param_dtype), rngs=rngs)
 
 
-def dual_config(towers: Towers, dtype: DTypeLike = jnp.float32) -> DualEncoderConfig:
+def dual_config(
+    towers: Towers, dtype: DTypeLike = jnp.float32, param_dtype: DTypeLike = jnp.float32
+) -> DualEncoderConfig:
     return DualEncoderConfig(
         vision=towers.vision,
         text=towers.text,
@@ -167,7 +175,7 @@ def dual_config(towers: Towers, dtype: DTypeLike = jnp.float32) -> DualEncoderCo
         logit_scale_init=towers.logit_scale_init,
         logit_bias_init=towers.logit_bias_init,
         dtype=dtype,
-        param_dtype=dtype,
+        param_dtype=param_dtype,
     )
 
 
@@ -256,6 +264,7 @@ def load_pretrained(
     *,
     tower: Tower | None = None,
     dtype: DTypeLike = jnp.float32,
+    compute_dtype: DTypeLike | None = None,
     mesh: Mesh | None = None,
     revision: str | None = None,
     ignore_unused: bool = False,
@@ -265,7 +274,8 @@ def load_pretrained(
     """Load ``source`` (a checkpoint folder or a hub id) as a jaxrank encoder.
 
     ``tower`` picks one tower of a two-tower checkpoint ('image' or 'text'; the other tower's
-    tensors are skipped). ``dtype`` is the parameter and compute dtype. With ``mesh`` every
+    tensors are skipped). ``dtype`` is the parameter dtype, and the compute dtype unless
+    ``compute_dtype`` is given (float32 weights with bfloat16 compute, say). With ``mesh`` every
     parameter is placed with the sharding its module annotates (tensor-parallel over ``model``,
     replicated over ``data``); without, on the default device. Missing tensors keep their
     random initialisation (from ``seed``) only when ``ignore_missing``.
@@ -277,6 +287,7 @@ def load_pretrained(
         raise ValueError(f"tower={tower!r}: {architecture} at {folder} holds only {list(present)}")
     kinds = present if tower is None else (tower,)
     dtype = jnp.dtype(dtype)
+    compute_dtype = dtype if compute_dtype is None else jnp.dtype(compute_dtype)
 
     checkpoint = SafetensorsCheckpoint(folder)
     prefixes = {kind: _tower_prefix(family, kind, checkpoint) for kind in present}
@@ -284,7 +295,7 @@ def load_pretrained(
     expected = {t.name for t in name_map(family, towers, present, prefixes).values()}
 
     def build(rngs: nnx.Rngs) -> Encoder:
-        return build_encoder(towers, kinds, dtype, rngs)
+        return build_encoder(towers, kinds, compute_dtype, dtype, rngs)
 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(seed))))
     abstract = traverse_util.flatten_dict(nnx.to_pure_dict(state))
