@@ -227,6 +227,7 @@ def run_batch(batch: int, model: Any, torch_model: Any, args: argparse.Namespace
             "seconds": seconds,
             "all_seconds": ts,
             "images_per_s": batch / seconds,
+            "images_per_s_best": batch / min(ts),
             "vs_torch_eager": eager_s / seconds,
             "compile_s": compile_s.get(name),
             "contention": contention,
@@ -261,7 +262,15 @@ def table(results: list[dict]) -> str:
                 "torch.compile s": comp["compile_s"] if compiled_ok else "-",
             }
         )
-    return tabulate(lines, headers="keys", tablefmt="github", floatfmt=".2f")
+    text = tabulate(lines, headers="keys", tablefmt="github", floatfmt=".2f")
+    for batch in sorted({r["batch"] for r in results}):
+        c = next(r["contention"] for r in results if r["batch"] == batch and "contention" in r)
+        text += (
+            f"\nbatch {batch}: during the {c['wall_s']:.0f} s of timed runs, other processes used "
+            f"{c['busy_cpu_s_by_others']:.1f} CPU-s and the hypervisor stole "
+            f"{c['steal_cpu_s']:.1f} CPU-s (this process: {c['own_cpu_s']:.0f} CPU-s)."
+        )
+    return text
 
 
 def main() -> None:

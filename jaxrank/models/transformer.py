@@ -99,12 +99,14 @@ class MultiHeadAttention(nnx.Module):
         context = x if context is None else context
 
         def split_heads(y: jax.Array) -> jax.Array:
-            return y.reshape(*y.shape[:-1], self.heads, self.head_dim)
+            # [B, T, H, D] -> [B, H, T, D]: heads as a leading batch dimension of both matmuls
+            # (XLA on CPU ran the head-in-the-middle layout ~3x slower for weights @ values).
+            return y.reshape(*y.shape[:-1], self.heads, self.head_dim).swapaxes(-3, -2)
 
         q = split_heads(self.q_proj(x))
         k = split_heads(self.k_proj(context))
         v = split_heads(self.v_proj(context))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         logits = logits * self.head_dim**-0.5
 
         visible = jnp.ones(logits.shape[-2:], dtype=bool)
@@ -115,7 +117,7 @@ class MultiHeadAttention(nnx.Module):
         logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
 
-        heads_out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        heads_out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).swapaxes(-3, -2)
         return self.out_proj(heads_out.reshape(*heads_out.shape[:-2], -1))
 
 
