@@ -66,7 +66,9 @@ def test_sharded_steps_equal_single_device(shape):
     params, loss = one_step(cfg, parallel.make_mesh(*shape))
     np.testing.assert_allclose(loss, single_loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single_params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        # float32 rounding of sharded vs whole reductions, relative to the array's scale (an
+        # entry near zero in a leaf whose largest entries are ~10 may differ by ~1e-5).
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, np.abs(b).max()))
 
 
 def run_cli(capsys, *args):
