@@ -1,0 +1,159 @@
+"""Create a module's parameters from checkpoint tensors, each directly on its sharding.
+
+The module is first built abstractly (shapes only), then every parameter is created with
+``jax.make_array_from_callback``: each device reads just its own slice from the safetensors
+files, so a large checkpoint never exists as a full extra copy per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from flax import nnx, traverse_util
+from jax.sharding import Mesh, SingleDeviceSharding
+from jax.typing import DTypeLike
+from tqdm.auto import tqdm
+
+from jaxrank import parallel
+from jaxrank.models.hf.errors import CheckpointMismatch
+from jaxrank.models.hf.files import SafetensorsCheckpoint
+from jaxrank.models.hf.tensors import Path as ParamPath
+from jaxrank.models.hf.tensors import Tensor
+
+# Non-persistent buffers that checkpoints written by older transformers still carry.
+_IGNORED_SUFFIXES = ("position_ids",)
+_LISTED = 8  # problems named in an error message before "and N more"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModule:
+    """A module with checkpoint parameters; ``missing`` kept their random init (only with
+    ignore_missing), ``ignored`` checkpoint tensors had no use (only with ignore_unused)."""
+
+    model: nnx.Module
+    loaded: int
+    missing: tuple[str, ...]
+    ignored: tuple[str, ...]
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_LISTED])
+    return shown + (f" and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
+
+
+def _check(
+    checkpoint: SafetensorsCheckpoint,
+    rules: dict[ParamPath, Tensor],
+    abstract: dict[ParamPath, jax.ShapeDtypeStruct],
+    expected_names: set[str],
+    *,
+    ignore_unused: bool,
+    ignore_missing: bool,
+    what: str,
+) -> tuple[list[str], list[str]]:
+    """Every parameter's tensor exists with a fitting shape; every tensor has a use.
+    Returns (missing tensor names, ignored tensor names)."""
+    uncovered = sorted(".".join(map(str, p)) for p in set(abstract) - set(rules))
+    if uncovered:  # a bug in a family's name map, not in the user's checkpoint
+        raise RuntimeError(f"no checkpoint rule for jaxrank parameters {_listed(uncovered)}")
+    missing, mismatched = [], []
+    for path, tensor in rules.items():
+        target = tuple(abstract[path].shape)
+        if tensor.name not in checkpoint:
+            missing.append(tensor.name)
+            continue
+        shape = checkpoint.shape(tensor.name)
+        want = tensor.checkpoint_shape or target
+        got = shape if tensor.checkpoint_shape else tensor.expected_shape(shape)
+        rows_fit = tensor.rows is None or (len(shape) > 0 and tensor.rows[1] <= shape[0])
+        if got != want or not rows_fit:
+            mismatched.append(
+                f"{tensor.name}: checkpoint shape {list(shape)} does not fit "
+                f"{'.'.join(map(str, path))} of shape {list(target)}"
+            )
+    unused = sorted(
+        name
+        for name in checkpoint
+        if name not in expected_names and not name.endswith(_IGNORED_SUFFIXES)
+    )
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatches: {_listed(mismatched)}")
+    if missing and not ignore_missing:
+        problems.append(f"missing tensors: {_listed(sorted(set(missing)))}")
+    if unused and not ignore_unused:
+        problems.append(f"unused tensors: {_listed(unused)} (pass ignore_unused=True to skip them)")
+    if problems:
+        problems_text = "; ".join(problems)
+        raise CheckpointMismatch(f"{checkpoint.folder} does not match {what}: {problems_text}")
+    return sorted(set(missing)), unused
+
+
+def _reader(checkpoint: SafetensorsCheckpoint, tensor: Tensor, shape: tuple, dtype: DTypeLike):
+    """The callback ``jax.make_array_from_callback`` calls once per device with its slice."""
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        if tensor.checkpoint_shape is not None or not shape:
+            value = checkpoint.read(tensor.name).reshape(shape)[index]
+        else:
+            value = checkpoint.read(tensor.name, tensor.source_index(index))
+            if tensor.permutation is not None:
+                value = value.transpose(tensor.permutation)
+        return np.require(value.astype(dtype), requirements="C")
+
+    return read
+
+
+def load_module(
+    build: Callable[[nnx.Rngs], nnx.Module],
+    rules: dict[ParamPath, Tensor],
+    checkpoint: SafetensorsCheckpoint,
+    expected_names: set[str],
+    *,
+    mesh: Mesh | None,
+    seed: int,
+    ignore_unused: bool,
+    ignore_missing: bool,
+    what: str,
+) -> LoadedModule:
+    """``build(rngs)``'s module with every parameter read through ``rules`` from
+    ``checkpoint``, placed with its annotated sharding on ``mesh`` (or the default device).
+    ``expected_names``: every tensor the checkpoint may hold (the rest are unused)."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(seed))))
+    abstract = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    missing, ignored = _check(
+        checkpoint,
+        rules,
+        abstract,
+        expected_names,
+        ignore_unused=ignore_unused,
+        ignore_missing=ignore_missing,
+        what=what,
+    )
+    if mesh is None:
+        shardings = dict.fromkeys(abstract, SingleDeviceSharding(jax.devices()[0]))
+    else:
+        shardings = traverse_util.flatten_dict(
+            nnx.to_pure_dict(parallel.state_shardings(state, mesh))
+        )
+    initial = None
+    if missing:  # only with ignore_missing: a concrete random init to fill the gaps
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+            initial = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(build(nnx.Rngs(seed)))))
+
+    values = {}
+    loaded = 0
+    for path, leaf in tqdm(abstract.items(), desc=f"loading {checkpoint.folder.name}", leave=False):
+        tensor = rules[path]
+        if tensor.name not in checkpoint:
+            values[path] = jax.device_put(initial[path], shardings[path])
+            continue
+        read = _reader(checkpoint, tensor, tuple(leaf.shape), leaf.dtype)
+        values[path] = jax.make_array_from_callback(leaf.shape, shardings[path], read)
+        loaded += 1
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
+    return LoadedModule(nnx.merge(graphdef, state), loaded, tuple(missing), tuple(ignored))

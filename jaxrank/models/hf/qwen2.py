@@ -1,0 +1,125 @@
+"""Qwen2 causal language models (``Qwen2ForCausalLM``) from Hugging Face checkpoints into
+``jaxrank.models.lm.CausalLM``, with the same checks and sharded placement as the encoders."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.typing import DTypeLike
+
+from jaxrank.models.hf.errors import UnsupportedCheckpoint
+from jaxrank.models.hf.files import (
+    CONFIG_FILE,
+    SafetensorsCheckpoint,
+    read_config,
+    resolve_checkpoint,
+)
+from jaxrank.models.hf.placement import load_module
+from jaxrank.models.hf.tensors import LINEAR, Tensor, linear, nest
+from jaxrank.models.lm import CausalLM, LMConfig
+
+ARCHITECTURES = ("Qwen2ForCausalLM",)
+
+
+def lm_config(where: Path) -> LMConfig:
+    """jaxrank's LMConfig from the Qwen2 ``config.json`` in ``where`` (read by transformers)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(where)
+    rope = getattr(c, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 1e4}
+    if rope.get("rope_type", "default") != "default":
+        raise UnsupportedCheckpoint(
+            f"{where / CONFIG_FILE}: rope_type={rope['rope_type']!r}; only 'default' is supported"
+        )
+    if c.hidden_act != "silu":
+        raise UnsupportedCheckpoint(f"{where / CONFIG_FILE}: hidden_act={c.hidden_act!r}, not silu")
+    if getattr(c, "use_sliding_window", False):
+        raise UnsupportedCheckpoint(
+            f"{where / CONFIG_FILE}: sliding-window attention is not supported"
+        )
+    return LMConfig(
+        vocab_size=c.vocab_size,
+        width=c.hidden_size,
+        depth=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        kv_heads=c.num_key_value_heads,
+        mlp_dim=c.intermediate_size,
+        head_dim=getattr(c, "head_dim", None),
+        rms_norm_eps=c.rms_norm_eps,
+        rope_theta=float(rope["rope_theta"]),
+        tie_embeddings=bool(c.tie_word_embeddings),
+    )
+
+
+def name_map(config: LMConfig) -> dict:
+    """jaxrank parameter path -> checkpoint tensor, for ``CausalLM``."""
+    rules = {
+        ("embed_tokens", "embedding"): Tensor("model.embed_tokens.weight"),
+        ("norm", "weight"): Tensor("model.norm.weight"),
+    }
+    if not config.tie_embeddings:
+        rules[("lm_head", "kernel")] = Tensor("lm_head.weight", LINEAR)
+    for i in range(config.depth):
+        layer = f"model.layers.{i}"
+        block = {
+            ("input_layernorm", "weight"): Tensor(f"{layer}.input_layernorm.weight"),
+            ("post_attention_layernorm", "weight"): Tensor(
+                f"{layer}.post_attention_layernorm.weight"
+            ),
+        }
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            bias = name != "o_proj"
+            block |= nest(("self_attn", name), linear(f"{layer}.self_attn.{name}", bias))
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            block |= nest(("mlp", name), linear(f"{layer}.mlp.{name}", bias=False))
+        rules |= nest(("layers", i), block)
+    return rules
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedLM:
+    model: CausalLM
+    config: LMConfig
+    folder: Path
+    loaded: int
+
+
+def load_causal_lm(
+    source: str | Path,
+    *,
+    dtype: DTypeLike = jnp.float32,
+    compute_dtype: DTypeLike | None = None,
+    mesh: Mesh | None = None,
+    revision: str | None = None,
+    ignore_unused: bool = False,
+    seed: int = 0,
+) -> PretrainedLM:
+    """Load a ``Qwen2ForCausalLM`` folder or hub id (see ``load_pretrained`` for the options).
+    A tied checkpoint may also carry ``lm_head.weight``; it is then the embedding and ignored."""
+    folder = resolve_checkpoint(source, revision=revision)
+    raw = read_config(folder)
+    names = list(raw.get("architectures") or [])
+    if not set(names) & set(ARCHITECTURES):
+        raise UnsupportedCheckpoint(
+            f"{folder / CONFIG_FILE}: architectures={names}; expected one of {list(ARCHITECTURES)}"
+        )
+    config = lm_config(folder)
+    dtype = jnp.dtype(dtype)
+    compute = dtype if compute_dtype is None else jnp.dtype(compute_dtype)
+    rules = name_map(config)
+    expected = {t.name for t in rules.values()} | {"lm_head.weight"}
+    module = load_module(
+        lambda rngs: CausalLM(config, dtype=compute, param_dtype=dtype, rngs=rngs),
+        rules,
+        SafetensorsCheckpoint(folder),
+        expected,
+        mesh=mesh,
+        seed=seed,
+        ignore_unused=ignore_unused,
+        ignore_missing=False,
+        what=names[0],
+    )
+    return PretrainedLM(module.model, config, folder, module.loaded)
