@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_machine import contention as measured_contention
+from bench_machine import cpu_field, cpu_model, cpu_seconds
 from tabulate import tabulate
 
 # openai/clip-vit-base-patch16's vision config (CLIPVisionConfig's defaults are B/32).
@@ -55,22 +57,8 @@ def machine_info() -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    flags = next(
-        (
-            line.split(":", 1)[1].split()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        ),
-        [],
-    )
+    cpu = cpu_model()
+    flags = cpu_field("flags").split()
     return {
         "cpu": cpu,
         "cpu_vector_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
@@ -91,17 +79,6 @@ def machine_info() -> dict[str, Any]:
             for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
         },
     }
-
-
-def _cpu_seconds() -> tuple[dict[str, float], float]:
-    """Busy and stolen CPU seconds of the whole machine (/proc/stat), and of this process: on a
-    shared 2-core machine, whether someone else's job ran during the timing."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    busy = (user + nice + system + irq + softirq) / tick
-    own = sum(os.times()[:2])
-    return {"busy": busy, "steal": steal / tick}, own
 
 
 def build_models(folder: Path, seed: int) -> tuple[Any, Any, dict[str, Any]]:
@@ -200,7 +177,7 @@ def run_batch(batch: int, model: Any, torch_model: Any, args: argparse.Namespace
         for fn in methods.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in methods}
-    machine_before, own_before = _cpu_seconds()
+    before = cpu_seconds()
     for _ in range(args.repeats):
         for name, fn in methods.items():
             start = time.perf_counter()
@@ -208,14 +185,7 @@ def run_batch(batch: int, model: Any, torch_model: Any, args: argparse.Namespace
             times[name].append(time.perf_counter() - start)
         print(f"  batch {batch}: {' '.join(f'{t[-1]:.3f}' for t in times.values())} s", flush=True)
 
-    machine_after, own_after = _cpu_seconds()
-    contention = {
-        "busy_cpu_s_by_others": (machine_after["busy"] - machine_before["busy"])
-        - (own_after - own_before),
-        "steal_cpu_s": machine_after["steal"] - machine_before["steal"],
-        "own_cpu_s": own_after - own_before,
-        "wall_s": sum(map(sum, times.values())),
-    }
+    contention = measured_contention(before, cpu_seconds(), sum(map(sum, times.values())))
     print(f"  contention: {contention}", flush=True)
     eager_s = float(np.median(times[EAGER]))
     rows = []

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_machine import contention as measured_contention
+from bench_machine import cpu_model, cpu_seconds
 
 CHUNK = 65536  # rows generated (and streamed) at a time
 
@@ -73,14 +75,7 @@ def machine_info() -> dict:
     import faiss
     import jax
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -149,16 +144,6 @@ def matmul_only(x: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
         np.matmul(q, x[len(x) - rest :].T, out=out[:, :rest])
 
 
-def _cpu_seconds() -> tuple[dict[str, float], float]:
-    """Busy and stolen CPU seconds of the whole machine (/proc/stat), and of this process."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    busy = (user + nice + system + irq + softirq) / tick
-    own = sum(os.times()[:2])
-    return {"busy": busy, "steal": steal / tick}, own
-
-
 def run_size(n: int, args, peak: float) -> list[dict]:
     import faiss
     import jax
@@ -190,7 +175,7 @@ def run_size(n: int, args, peak: float) -> list[dict]:
     # the run slows every method alike instead of whichever happened to be running.
     results = {name: fn() for name, fn in methods.items()}
     times: dict[str, list[float]] = {name: [] for name in methods}
-    machine_before, own_before = _cpu_seconds()
+    before = cpu_seconds()
     for _ in range(repeats):
         for name, fn in methods.items():
             start = time.perf_counter()
@@ -216,14 +201,7 @@ def run_size(n: int, args, peak: float) -> list[dict]:
         )
         print(f"  {name:28s} {seconds:8.3f} s  {flops / seconds / 1e9:7.1f} GFLOP/s", flush=True)
 
-    machine_after, own_after = _cpu_seconds()
-    contention = {
-        "busy_cpu_s_by_others": (machine_after["busy"] - machine_before["busy"])
-        - (own_after - own_before),
-        "steal_cpu_s": machine_after["steal"] - machine_before["steal"],
-        "own_cpu_s": own_after - own_before,
-        "wall_s": sum(map(sum, times.values())),
-    }
+    contention = measured_contention(before, cpu_seconds(), sum(map(sum, times.values())))
     print(f"  contention: {contention}", flush=True)
     faiss_scores, faiss_ids = results["faiss IndexFlatIP"]
     faiss_time = rows[0]["seconds"]

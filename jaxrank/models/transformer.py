@@ -100,7 +100,7 @@ class MultiHeadAttention(nnx.Module):
 
         def split_heads(y: jax.Array) -> jax.Array:
             # [B, T, H, D] -> [B, H, T, D]: heads as a leading batch dimension of both matmuls
-            # (XLA on CPU ran the head-in-the-middle layout ~3x slower for weights @ values).
+            # (heads in the middle made scripts/bench_encoder.py 0.78x torch eager; this, 1.00x).
             return y.reshape(*y.shape[:-1], self.heads, self.head_dim).swapaxes(-3, -2)
 
         q = split_heads(self.q_proj(x))

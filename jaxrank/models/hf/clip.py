@@ -42,7 +42,11 @@ def _text_export(t: TextConfig) -> dict:
 
 class CLIPFamily(Family):
     name = "clip"
-    model_types = frozenset({"clip", "clip_vision_model", "clip_text_model"})
+    by_model_type: ClassVar[dict[str, str]] = {
+        "clip": "CLIPModel",
+        "clip_vision_model": "CLIPVisionModel",
+        "clip_text_model": "CLIPTextModel",
+    }
     architectures: ClassVar[dict[str, tuple[Tower, ...]]] = {
         "CLIPModel": ("image", "text"),
         "CLIPVisionModel": ("image",),

@@ -159,10 +159,11 @@ def tower_rules(kind: Tower, config: VisionConfig | TextConfig, prefix: str) -> 
 
 class Family(abc.ABC):
     """One model family. ``architectures`` maps each transformers class name to the towers its
-    checkpoint holds."""
+    checkpoint holds; ``by_model_type`` names the architecture a config without ``architectures``
+    means by its ``model_type``."""
 
     name: str
-    model_types: frozenset[str]
+    by_model_type: ClassVar[dict[str, str]]
     architectures: ClassVar[dict[str, tuple[Tower, ...]]]
     # Where each tower's tensors may start: transformers v5 saves a standalone tower without the
     # ``vision_model.`` / ``text_model.`` prefix that checkpoints saved by earlier versions carry.

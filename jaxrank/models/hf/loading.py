@@ -95,16 +95,8 @@ def identify(config: dict[str, Any], where: Path) -> tuple[Family, str]:
             if name in family.architectures:
                 return family, name
     for family in FAMILIES:
-        if not names and model_type in family.model_types:
-            base = next(a for a in family.architectures if family.architectures[a] == ("image",))
-            by_type = {
-                f"{family.name}": next(iter(family.architectures)),
-                f"{family.name}_vision_model": base,
-                f"{family.name}_text_model": next(
-                    a for a in family.architectures if family.architectures[a] == ("text",)
-                ),
-            }
-            return family, by_type[model_type]
+        if not names and model_type in family.by_model_type:
+            return family, family.by_model_type[model_type]
     supported = sorted(a for family in FAMILIES for a in family.architectures)
     raise UnsupportedCheckpoint(
         f"{where / CONFIG_FILE}: architectures={names} (model_type={model_type!r}) is not "

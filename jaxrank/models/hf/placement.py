@@ -67,10 +67,7 @@ def _check(
             missing.append(tensor.name)
             continue
         shape = checkpoint.shape(tensor.name)
-        want = tensor.checkpoint_shape or target
-        got = shape if tensor.checkpoint_shape else tensor.expected_shape(shape)
-        rows_fit = tensor.rows is None or (len(shape) > 0 and tensor.rows[1] <= shape[0])
-        if got != want or not rows_fit:
+        if not tensor.fits(shape, target):
             mismatched.append(
                 f"{tensor.name}: checkpoint shape {list(shape)} does not fit "
                 f"{'.'.join(map(str, path))} of shape {list(target)}"

@@ -53,7 +53,11 @@ def _text(c: SiglipTextConfig) -> TextConfig:
 
 class SiglipFamily(Family):
     name = "siglip"
-    model_types = frozenset({"siglip", "siglip_vision_model", "siglip_text_model"})
+    by_model_type: ClassVar[dict[str, str]] = {
+        "siglip": "SiglipModel",
+        "siglip_vision_model": "SiglipVisionModel",
+        "siglip_text_model": "SiglipTextModel",
+    }
     architectures: ClassVar[dict[str, tuple[Tower, ...]]] = {
         "SiglipModel": ("image", "text"),
         "SiglipVisionModel": ("image",),

@@ -30,16 +30,18 @@ class Tensor:
     rows: tuple[int, int] | None = None
     checkpoint_shape: tuple[int, ...] | None = None
 
-    def expected_shape(self, checkpoint_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The jaxrank shape this rule makes of a checkpoint tensor of ``checkpoint_shape``."""
+    def fits(self, checkpoint_shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+        """Whether a checkpoint tensor of ``checkpoint_shape`` becomes a parameter of ``target``."""
         if self.checkpoint_shape is not None:
-            return checkpoint_shape  # compared against checkpoint_shape by the caller
+            return checkpoint_shape == self.checkpoint_shape
+        if self.rows is not None and not (checkpoint_shape and self.rows[1] <= checkpoint_shape[0]):
+            return False
         shape = list(checkpoint_shape)
         if self.rows is not None:
             shape[0] = self.rows[1] - self.rows[0]
         if self.permutation is not None:
             shape = [shape[axis] for axis in self.permutation]
-        return tuple(shape)
+        return tuple(shape) == target
 
     def source_index(self, index: tuple[slice, ...]) -> tuple[slice, ...]:
         """The checkpoint slice that holds jaxrank slice ``index`` (no reshape rules)."""
