@@ -11,7 +11,9 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrank.models.hf.qwen2 import load_causal_lm
 from jaxrank.models.lm import LMConfig
+from jaxrank.models.lm_prompt import Prompt, left_pad
 from jaxrank.parallel import MODEL, make_mesh
+from jaxrank.rl.rollout import Sampler, SamplingSettings
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -63,7 +65,8 @@ def test_logits_match_transformers(qwen2):
     assert loaded.config == LMConfig(
         97, 48, 2, 6, 2, 72, rope_theta=10000.0, tie_embeddings=reference.config.tie_word_embeddings
     )
-    logits, hidden = jax.jit(lambda m, *x: m(*x))(loaded.model, jnp.asarray(ids), jnp.asarray(mask))
+    out = jax.jit(lambda m, *x: m(*x))(loaded.model, jnp.asarray(ids), jnp.asarray(mask))
+    logits, hidden = out.logits, out.hidden
     assert hidden.shape == (2, 11, 48) and np.abs(want).max() > 1.0
     real = mask.astype(bool)  # padded positions' outputs are not defined by either side
     np.testing.assert_allclose(np.asarray(logits)[real], want[real], atol=1e-4, rtol=0)
@@ -79,6 +82,26 @@ def test_sharded_load_matches(qwen2):
     assert attn.q_proj.kernel[...].sharding.spec == P(None, MODEL)
     assert attn.o_proj.kernel[...].sharding.spec == P(MODEL, None)
     with jax.set_mesh(mesh):
-        logits, _ = jax.jit(lambda m, *x: m(*x))(loaded.model, jnp.asarray(ids), jnp.asarray(mask))
+        logits = jax.jit(lambda m, *x: m(*x).logits)(
+            loaded.model, jnp.asarray(ids), jnp.asarray(mask)
+        )
     real = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[real], want[real], atol=1e-4, rtol=0)
+
+
+def test_greedy_decoding_matches_transformers_generate(qwen2):
+    folder, reference = qwen2
+    sequences = [[5, 9, 2, 7, 7, 1, 40], [3, 4, 50], [11, 12, 13, 14, 90]]
+    tokens, mask = left_pad(sequences, length=8)
+    with torch.no_grad():
+        want = reference.generate(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )[:, 8:].numpy()
+    sampler = Sampler(load_causal_lm(folder).model, SamplingSettings(6, temperature=0.0))
+    got = sampler(Prompt.from_tokens(tokens, mask), jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(got.tokens), want)

@@ -2,16 +2,20 @@
 with q/k/v biases and rotary position embeddings (the layout of Qwen2 checkpoints, so their
 weights map one tensor at a time; see ``jaxrank.models.hf.qwen2``).
 
-The model is a pure function of (token ids, positions, mask): positions are passed explicitly so
-that left-padded batches and, later, multimodal rotary positions reuse the same code.
+The model is a pure function of (token ids or embeddings, positions, mask, cache): positions are
+passed explicitly so that left-padded batches and Qwen2-VL's multimodal rotary positions (three
+position streams, M-RoPE) reuse the same code, and the key/value cache is an explicit pytree in
+and out so that prefill and decode are two shapes of one jitted function.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
@@ -42,6 +46,7 @@ class LMConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1_000_000.0
     tie_embeddings: bool = False
+    mrope_section: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -60,6 +65,11 @@ class LMConfig:
             require_divisible(owner, "width", self.width, "heads", self.heads)
         if self.dim_per_head % 2:
             raise ValueError(f"{owner}: head_dim={self.dim_per_head} must be even for rotary")
+        if self.mrope_section is not None and sum(self.mrope_section) != self.dim_per_head // 2:
+            raise ValueError(
+                f"{owner}: mrope_section={self.mrope_section} must sum to head_dim / 2 = "
+                f"{self.dim_per_head // 2}"
+            )
 
     @property
     def dim_per_head(self) -> int:
@@ -80,10 +90,26 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
-def rotary_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, ...]:
-    """cos and sin [B, T, head_dim] for integer ``positions`` [B, T] (halves repeated)."""
+def rotary_tables(
+    positions: jax.Array,
+    head_dim: int,
+    theta: float,
+    mrope_section: tuple[int, ...] | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, head_dim] (halves repeated) for integer ``positions`` [B, T], or for
+    M-RoPE's [3, B, T] (temporal, height, width) where the frequency pairs are split into
+    ``mrope_section`` consecutive groups, group i rotating by position stream i."""
     inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    positions = positions.astype(jnp.float32)
+    if mrope_section is None:
+        angles = positions[..., None] * inv_freq
+    else:
+        if positions.ndim != 3 or positions.shape[0] != len(mrope_section):
+            raise ValueError(
+                f"M-RoPE positions must be [{len(mrope_section)}, B, T], got {positions.shape}"
+            )
+        stream = np.repeat(np.arange(len(mrope_section)), mrope_section)
+        angles = jnp.moveaxis(positions[stream], 0, -1) * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
@@ -115,21 +141,36 @@ class GroupedQueryAttention(nnx.Module):
             self.v_proj = _linear(c.width, c.kv_heads * d, True, COLUMN_PARALLEL, dtypes, rngs)
             self.o_proj = _linear(c.heads * d, c.width, False, ROW_PARALLEL, dtypes, rngs)
 
-    def __call__(self, x: jax.Array, rotary: tuple[jax.Array, jax.Array], visible: jax.Array):
-        """``x`` [B, T, W]; ``visible`` [B, T, T] bool (query may attend to key)."""
+    def __call__(
+        self,
+        x: jax.Array,
+        rotary: tuple[jax.Array, jax.Array],
+        visible: jax.Array,
+        cached: tuple[jax.Array, jax.Array] | None = None,
+        start: jax.Array | int = 0,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """``x`` [B, T, W]; ``visible`` [B, T, S] bool (query may attend to key slot). With
+        ``cached`` keys/values [B, S, kv_heads, D], this call's keys are written at slots
+        ``start .. start + T`` and attention runs over all S slots; returns (out, keys/values)."""
         c, d = self.config, self.config.dim_per_head
         batch, length = x.shape[:2]
         groups = c.heads // c.kv_heads
         q = apply_rotary(self.q_proj(x).reshape(batch, length, c.heads, d), *rotary)
         k = apply_rotary(self.k_proj(x).reshape(batch, length, c.kv_heads, d), *rotary)
         v = self.v_proj(x).reshape(batch, length, c.kv_heads, d)
+        if cached is not None:
+            at = (0, start, 0, 0)
+            k = jax.lax.dynamic_update_slice(cached[0], k.astype(cached[0].dtype), at)
+            v = jax.lax.dynamic_update_slice(cached[1], v.astype(cached[1].dtype), at)
         q = q.reshape(batch, length, c.kv_heads, groups, d)
-        logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "bqkgd,bskd->bkgqs", q, k.astype(q.dtype), preferred_element_type=jnp.float32
+        )
         logits = logits * d**-0.5
         logits = jnp.where(visible[:, None, None], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, length, c.heads * d)
-        return self.o_proj(out)
+        weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v.astype(q.dtype))
+        return self.o_proj(out.reshape(batch, length, c.heads * d)), (k, v)
 
 
 class SwiGLU(nnx.Module):
@@ -153,13 +194,52 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.width, config.rms_norm_eps, **norm_dtype)
         self.mlp = SwiGLU(config.width, config.mlp_dim, dtypes=dtypes, rngs=rngs)
 
-    def __call__(self, x, rotary, visible):
-        x = x + self.self_attn(self.input_layernorm(x), rotary, visible)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x, rotary, visible, cached=None, start=0):
+        attended, kv = self.self_attn(self.input_layernorm(x), rotary, visible, cached, start)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer for ``S`` slots, filled left to right by successive
+    calls; all rows advance together (prompts are left-padded, so a row's padding is just
+    slots that are never ``filled``)."""
+
+    keys: tuple[jax.Array, ...]  # per layer [B, S, kv_heads, head_dim]
+    values: tuple[jax.Array, ...]
+    filled: jax.Array  # [B, S] bool: the slot holds a real token
+    length: jax.Array  # int32 scalar: slots written so far
+
+    @classmethod
+    def empty(cls, config: LMConfig, batch: int, size: int, dtype: DTypeLike) -> KVCache:
+        shape = (batch, size, config.kv_heads, config.dim_per_head)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.depth))
+        return cls(zeros, zeros, jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
+
+    @property
+    def size(self) -> int:
+        return self.filled.shape[1]
+
+    def repeat(self, times: int) -> KVCache:
+        """Each row repeated ``times`` times in place (row b -> rows b*times .. b*times+times-1),
+        so G samples per prompt share one prefill."""
+        rep = lambda x: jnp.repeat(x, times, axis=0)
+        return KVCache(
+            tuple(map(rep, self.keys)), tuple(map(rep, self.values)), rep(self.filled), self.length
+        )
+
+
+@flax.struct.dataclass
+class LMOutput:
+    logits: jax.Array | None  # [B, T, V] float32
+    hidden: jax.Array  # [B, T, W] after the final norm
+    cache: KVCache | None
 
 
 class CausalLM(nnx.Module):
-    """Token ids [B, T] -> (logits [B, T, V] float32, last hidden states [B, T, W])."""
+    """Token ids (or input embeddings) [B, T] -> logits, last hidden states and, when given a
+    cache, the cache with this call's keys and values appended."""
 
     def __init__(
         self,
@@ -186,23 +266,48 @@ class CausalLM(nnx.Module):
 
     def __call__(
         self,
-        token_ids: jax.Array,
+        token_ids: jax.Array | None = None,
         mask: jax.Array | None = None,
         positions: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """``mask`` [B, T] marks real tokens (padded keys are never attended to); ``positions``
-        [B, T] default to 0..T-1, as the reference uses when none are given."""
-        batch, length = token_ids.shape
+        *,
+        embeddings: jax.Array | None = None,
+        cache: KVCache | None = None,
+        compute_logits: bool = True,
+    ) -> LMOutput:
+        """``mask`` [B, T] marks real tokens (padded keys are never attended to). ``positions``
+        [B, T] (or [3, B, T] with M-RoPE) default to the slot index, as the reference uses when
+        none are given. ``embeddings`` [B, T, W] replace the token lookup (a VLM splices image
+        features into them). ``compute_logits=False`` skips the vocabulary projection (logits
+        None) for callers that need it at a few positions only (``logits``)."""
+        x = self.embed_tokens(token_ids) if embeddings is None else embeddings
+        batch, length = x.shape[:2]
+        real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+        start = 0 if cache is None else cache.length
+        if cache is None:
+            filled = real
+        else:
+            filled = jax.lax.dynamic_update_slice(cache.filled, real, (0, start))
+        slots = jnp.arange(filled.shape[1])
+        visible = (slots[None, :] <= start + jnp.arange(length)[:, None])[None] & filled[:, None]
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        visible = jnp.tril(jnp.ones((length, length), bool))[None]
-        if mask is not None:
-            visible = visible & mask.astype(bool)[:, None, :]
-        rotary = rotary_tables(positions, self.config.dim_per_head, self.config.rope_theta)
-        x = self.embed_tokens(token_ids)
-        for layer in self.layers:
-            x = layer(x, rotary, visible)
+            positions = jnp.broadcast_to(start + jnp.arange(length), (batch, length))
+            if self.config.mrope_section is not None:
+                positions = jnp.broadcast_to(positions, (3, batch, length))
+        c = self.config
+        rotary = rotary_tables(positions, c.dim_per_head, c.rope_theta, c.mrope_section)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            cached = None if cache is None else (cache.keys[i], cache.values[i])
+            x, (k, v) = layer(x, rotary, visible, cached, start)
+            keys.append(k)
+            values.append(v)
         hidden = self.norm(x)
+        logits = self.logits(hidden) if compute_logits else None
+        if cache is not None:
+            cache = KVCache(tuple(keys), tuple(values), filled, start + length)
+        return LMOutput(logits, hidden, cache)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Float32 next-token logits from final hidden states."""
         head = self.embed_tokens.attend if self.lm_head is None else self.lm_head
-        logits = head(hidden)
-        return logits.astype(jnp.float32), hidden
+        return head(hidden).astype(jnp.float32)

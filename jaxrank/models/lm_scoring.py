@@ -1,0 +1,57 @@
+"""Teacher-forced scoring with a causal LM: per-token log-probs of given completions (GRPO's
+ratios and reference KL, RAR's listwise ranking) and the hidden state at a marker token (ELVA's
+``[RET]`` embedding)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxrank.models.lm import CausalLM
+from jaxrank.models.lm_prompt import Prompt
+
+
+def token_log_probs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """log softmax(logits / temperature) at ``targets``: [..., V] x [...] -> [...] float32,
+    without materialising the full log-softmax."""
+    scaled = logits.astype(jnp.float32) / temperature
+    picked = jnp.take_along_axis(scaled, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(scaled, axis=-1)
+
+
+def completion_log_probs(
+    lm: CausalLM,
+    prompt: Prompt,
+    completion: jax.Array,
+    completion_mask: jax.Array,
+    temperature: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """Log-probs [B, N] of ``completion`` [B, N] following ``prompt`` (0 where the mask is off)
+    and the completion's hidden states [B, N, W]. Uses the same positions and temperature as
+    ``jaxrank.rl.rollout.generate``, so the two agree on what a sampled token's log-prob is."""
+    length = completion.shape[1]
+    tokens = jnp.concatenate([prompt.tokens, completion.astype(jnp.int32)], axis=1)
+    mask = jnp.concatenate([prompt.mask, completion_mask.astype(bool)], axis=1)
+    positions = jnp.concatenate([prompt.positions, prompt.generated_positions(length)], axis=-1)
+    embeddings = None
+    if prompt.embeddings is not None:
+        embeddings = jnp.concatenate(
+            [prompt.embeddings, lm.embed_tokens(completion).astype(prompt.embeddings.dtype)], axis=1
+        )
+    out = lm(tokens, mask, positions, embeddings=embeddings, compute_logits=False)
+    first = prompt.tokens.shape[1] - 1  # the state that predicts the first completion token
+    logits = lm.logits(out.hidden[:, first : first + length])
+    log_probs = token_log_probs(logits, completion, temperature)
+    return jnp.where(completion_mask, log_probs, 0.0), out.hidden[:, first + 1 :]
+
+
+def hidden_at_token(
+    hidden: jax.Array, tokens: jax.Array, token_id: int, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Each row's hidden state [B, W] at the LAST occurrence of ``token_id`` and whether the row
+    has one (rows without it get the state of their last slot; check ``found``)."""
+    hits = tokens == token_id
+    if mask is not None:
+        hits = hits & mask.astype(bool)
+    last = tokens.shape[1] - 1 - jnp.argmax(hits[:, ::-1], axis=1)
+    return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], hits.any(axis=1)
