@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from bench_machine import contention as measured_contention
-from bench_machine import cpu_field, cpu_model, cpu_seconds
+from bench_machine import cpu_seconds, machine_info
 from tabulate import tabulate
 
 # openai/clip-vit-base-patch16's vision config (CLIPVisionConfig's defaults are B/32).
@@ -49,36 +48,6 @@ MAX_POOLED_DIFF = 1e-4
 JAXRANK = "jaxrank (jax.jit)"
 EAGER = "torch eager"
 COMPILED = "torch.compile"
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers depend on: CPU, cores, library versions and every thread setting."""
-    import jax
-    import torch
-    import transformers
-
-    cpu = cpu_model()
-    flags = cpu_field("flags").split()
-    return {
-        "cpu": cpu,
-        "cpu_vector_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
-        "cores": os.cpu_count(),
-        "affinity_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "jax": jax.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_mkldnn": torch.backends.mkldnn.is_available(),
-        "env": {
-            k: os.environ.get(k)
-            for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-        },
-    }
 
 
 def build_models(folder: Path, seed: int) -> tuple[Any, Any, dict[str, Any]]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def cpu_field(key: str, default: str = "") -> str:
@@ -41,4 +44,35 @@ def contention(
         "steal_cpu_s": machine_after["steal"] - machine_before["steal"],
         "own_cpu_s": own_after - own_before,
         "wall_s": wall_s,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """What a jax-vs-torch benchmark depends on: CPU, cores, library versions and every
+    thread setting."""
+    import jax
+    import torch
+    import transformers
+
+    cpu = cpu_model()
+    flags = cpu_field("flags").split()
+    return {
+        "cpu": cpu,
+        "cpu_vector_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
+        "cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "jax": jax.__version__,
+        "jax_devices": [str(d) for d in jax.devices()],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_mkldnn": torch.backends.mkldnn.is_available(),
+        "env": {
+            k: os.environ.get(k)
+            for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        },
     }

@@ -109,3 +109,35 @@ def write_tiny_siglip_tokenizer(folder: str | Path) -> Path:
     folder = Path(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# Qwen2-VL: byte-level BPE without merges (every byte its own token) plus Qwen's chat and vision
+# special tokens; a chat template written for these tests in the checkpoints' format.
+QWEN_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen_tokenizer():
+    """A ``Qwen2Tokenizer`` over the 256 byte symbols, pad ``<|endoftext|>``, eos
+    ``<|im_end|>``, and the chat template above (262 tokens)."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[], unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL)})
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from jaxrank.models.hf.errors import UnsupportedCheckpoint
+
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -60,6 +62,17 @@ def read_config(folder: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def architecture(folder: Path, accepted: tuple[str, ...]) -> str:
+    """The checkpoint's first architecture among ``accepted``, or an error naming the file."""
+    names = list(read_config(folder).get("architectures") or [])
+    for name in names:
+        if name in accepted:
+            return name
+    raise UnsupportedCheckpoint(
+        f"{folder / CONFIG_FILE}: architectures={names}; expected one of {list(accepted)}"
+    )
 
 
 def _weight_files(folder: Path) -> dict[str, Path]:

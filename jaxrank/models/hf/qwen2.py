@@ -14,7 +14,7 @@ from jaxrank.models.hf.errors import UnsupportedCheckpoint
 from jaxrank.models.hf.files import (
     CONFIG_FILE,
     SafetensorsCheckpoint,
-    read_config,
+    architecture,
     resolve_checkpoint,
 )
 from jaxrank.models.hf.placement import load_module
@@ -29,8 +29,14 @@ def lm_config(where: Path) -> LMConfig:
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(where)
+    return text_config(c, tie_embeddings=bool(c.tie_word_embeddings), where=where)
+
+
+def text_config(c, *, tie_embeddings: bool, where: Path, mrope: bool = False) -> LMConfig:
+    """LMConfig from a transformers Qwen2 (or Qwen2-VL ``text_config``) config object. With
+    ``mrope``, the rotary sections default as the reference's do ([16, 24, 24])."""
     rope = getattr(c, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 1e4}
-    if rope.get("rope_type", "default") != "default":
+    if rope.get("rope_type", "default") not in ("default", "mrope"):
         raise UnsupportedCheckpoint(
             f"{where / CONFIG_FILE}: rope_type={rope['rope_type']!r}; only 'default' is supported"
         )
@@ -50,20 +56,22 @@ def lm_config(where: Path) -> LMConfig:
         head_dim=getattr(c, "head_dim", None),
         rms_norm_eps=c.rms_norm_eps,
         rope_theta=float(rope["rope_theta"]),
-        tie_embeddings=bool(c.tie_word_embeddings),
+        tie_embeddings=tie_embeddings,
+        mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))) if mrope else None,
     )
 
 
-def name_map(config: LMConfig) -> dict:
-    """jaxrank parameter path -> checkpoint tensor, for ``CausalLM``."""
+def name_map(config: LMConfig, prefix: str = "model.") -> dict:
+    """jaxrank parameter path -> checkpoint tensor, for ``CausalLM``; ``prefix`` is where the
+    decoder's tensors live (Qwen2-VL checkpoints nest it)."""
     rules = {
-        ("embed_tokens", "embedding"): Tensor("model.embed_tokens.weight"),
-        ("norm", "weight"): Tensor("model.norm.weight"),
+        ("embed_tokens", "embedding"): Tensor(f"{prefix}embed_tokens.weight"),
+        ("norm", "weight"): Tensor(f"{prefix}norm.weight"),
     }
     if not config.tie_embeddings:
         rules[("lm_head", "kernel")] = Tensor("lm_head.weight", LINEAR)
     for i in range(config.depth):
-        layer = f"model.layers.{i}"
+        layer = f"{prefix}layers.{i}"
         block = {
             ("input_layernorm", "weight"): Tensor(f"{layer}.input_layernorm.weight"),
             ("post_attention_layernorm", "weight"): Tensor(
@@ -100,12 +108,7 @@ def load_causal_lm(
     """Load a ``Qwen2ForCausalLM`` folder or hub id (see ``load_pretrained`` for the options).
     A tied checkpoint may also carry ``lm_head.weight``; it is then the embedding and ignored."""
     folder = resolve_checkpoint(source, revision=revision)
-    raw = read_config(folder)
-    names = list(raw.get("architectures") or [])
-    if not set(names) & set(ARCHITECTURES):
-        raise UnsupportedCheckpoint(
-            f"{folder / CONFIG_FILE}: architectures={names}; expected one of {list(ARCHITECTURES)}"
-        )
+    name = architecture(folder, ARCHITECTURES)
     config = lm_config(folder)
     dtype = jnp.dtype(dtype)
     compute = dtype if compute_dtype is None else jnp.dtype(compute_dtype)
@@ -120,6 +123,6 @@ def load_causal_lm(
         seed=seed,
         ignore_unused=ignore_unused,
         ignore_missing=False,
-        what=names[0],
+        what=name,
     )
     return PretrainedLM(module.model, config, folder, module.loaded)
