@@ -69,18 +69,36 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(place, batch)
 
 
-def state_shardings(state: Any, mesh: Mesh) -> Any:
+def state_shardings(state: Any, mesh: Mesh, *, fsdp: bool = False) -> Any:
     """Shardings for a pytree of arrays or an ``nnx.State``, from the ``sharding`` metadata
-    attached to parameters (``nnx.with_partitioning``); unannotated leaves are replicated."""
+    attached to parameters (``nnx.with_partitioning``); unannotated leaves are replicated.
+    ``fsdp`` also splits every parameter over ``data`` (see ``fully_sharded``)."""
 
-    def to_sharding(spec: PartitionSpec | None) -> NamedSharding:
-        return NamedSharding(mesh, spec if isinstance(spec, PartitionSpec) else PartitionSpec())
+    def to_sharding(spec: PartitionSpec | None, shape: tuple[int, ...]) -> NamedSharding:
+        spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
+        if fsdp:
+            spec = fully_sharded(spec, shape, mesh.shape[DATA])
+        return NamedSharding(mesh, spec)
 
     return jax.tree.map(
-        to_sharding,
+        lambda spec, leaf: to_sharding(spec, np.shape(leaf)),
         nnx.get_partition_spec(state),
+        state,
         is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
     )
+
+
+def fully_sharded(spec: PartitionSpec, shape: tuple[int, ...], shards: int) -> PartitionSpec:
+    """``spec`` plus the ``data`` axis on the largest dimension it leaves whole and ``shards``
+    divides (fully-sharded data parallel: each data-parallel device holds 1/shards of the
+    parameter and its optimizer state; XLA gathers it where it is used). Unchanged when no
+    dimension qualifies (small vectors stay replicated)."""
+    axes = list(spec) + [None] * (len(shape) - len(spec))
+    free = [d for d in range(len(shape)) if axes[d] is None and shape[d] % shards == 0]
+    if shards == 1 or not free:
+        return spec
+    axes[max(free, key=lambda d: shape[d])] = DATA
+    return PartitionSpec(*axes)
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:

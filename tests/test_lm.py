@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from jaxrank.models.hf.qwen2 import load_causal_lm
 from jaxrank.models.lm import LMConfig
 from jaxrank.models.lm_prompt import Prompt, left_pad
-from jaxrank.parallel import MODEL, make_mesh
+from jaxrank.parallel import DATA, MODEL, fully_sharded, make_mesh
 from jaxrank.rl.rollout import Sampler, SamplingSettings
 
 torch = pytest.importorskip("torch")
@@ -72,15 +72,17 @@ def test_logits_match_transformers(qwen2):
     np.testing.assert_allclose(np.asarray(logits)[real], want[real], atol=1e-4, rtol=0)
 
 
-def test_sharded_load_matches(qwen2):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["tp", "fsdp+tp"])
+def test_sharded_load_matches(qwen2, fsdp):
     folder, reference = qwen2
     ids, mask = _batch()
     want = _reference(reference, ids, mask)
     mesh = make_mesh(data=4, model=2)
-    loaded = load_causal_lm(folder, mesh=mesh)
+    loaded = load_causal_lm(folder, mesh=mesh, fsdp=fsdp)
     attn = loaded.model.layers[0].self_attn
-    assert attn.q_proj.kernel[...].sharding.spec == P(None, MODEL)
-    assert attn.o_proj.kernel[...].sharding.spec == P(MODEL, None)
+    data = DATA if fsdp else None  # fsdp: the largest dimension the model axis leaves whole
+    assert attn.q_proj.kernel[...].sharding.spec == P(data, MODEL)
+    assert attn.o_proj.kernel[...].sharding.spec == P(MODEL, data)
     with jax.set_mesh(mesh):
         logits = jax.jit(lambda m, *x: m(*x).logits)(
             loaded.model, jnp.asarray(ids), jnp.asarray(mask)
@@ -105,3 +107,11 @@ def test_greedy_decoding_matches_transformers_generate(qwen2):
     sampler = Sampler(load_causal_lm(folder).model, SamplingSettings(6, temperature=0.0))
     got = sampler(Prompt.from_tokens(tokens, mask), jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(got.tokens), want)
+
+
+def test_fully_sharded_spec_picks_the_largest_free_dimension():
+    assert fully_sharded(P(None, MODEL), (48, 72), 4) == P(DATA, MODEL)
+    assert fully_sharded(P(), (8, 6), 2) == P(DATA, None)
+    assert fully_sharded(P(), (6, 8), 4) == P(None, DATA)  # 6 is not divisible by 4
+    assert fully_sharded(P(), (6,), 4) == P()  # nothing divisible: stays replicated
+    assert fully_sharded(P(MODEL), (8,), 1) == P(MODEL)

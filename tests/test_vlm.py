@@ -165,12 +165,12 @@ def test_greedy_decoding_with_images_matches_generate(checkpoint):
     np.testing.assert_array_equal(np.asarray(got), want.numpy())
 
 
-def test_sharded_vlm_equals_single_device(checkpoint):
+def test_fully_sharded_vlm_equals_single_device(checkpoint):
     folder, _, _ = checkpoint
     batch = _ours(folder, True)
     want = _logits(load_vlm(folder).model, batch)
     mesh = make_mesh(data=4, model=2)
-    sharded = load_vlm(folder, mesh=mesh).model
+    sharded = load_vlm(folder, mesh=mesh, fsdp=True).model
     with jax.set_mesh(mesh):
         got = _logits(sharded, batch)
     np.testing.assert_allclose(got[batch.mask], want[batch.mask], atol=1e-5)

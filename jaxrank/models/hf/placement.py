@@ -116,10 +116,12 @@ def load_module(
     ignore_unused: bool,
     ignore_missing: bool,
     what: str,
+    fsdp: bool = False,
 ) -> LoadedModule:
     """``build(rngs)``'s module with every parameter read through ``rules`` from
-    ``checkpoint``, placed with its annotated sharding on ``mesh`` (or the default device).
-    ``expected_names``: every tensor the checkpoint may hold (the rest are unused)."""
+    ``checkpoint``, placed with its annotated sharding on ``mesh`` (or the default device),
+    also split over the data axis with ``fsdp``. ``expected_names``: every tensor the
+    checkpoint may hold (the rest are unused)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(seed))))
     abstract = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     missing, ignored = _check(
@@ -135,7 +137,7 @@ def load_module(
         shardings = dict.fromkeys(abstract, SingleDeviceSharding(jax.devices()[0]))
     else:
         shardings = traverse_util.flatten_dict(
-            nnx.to_pure_dict(parallel.state_shardings(state, mesh))
+            nnx.to_pure_dict(parallel.state_shardings(state, mesh, fsdp=fsdp))
         )
     initial = None
     if missing:  # only with ignore_missing: a concrete random init to fill the gaps

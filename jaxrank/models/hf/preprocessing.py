@@ -64,7 +64,7 @@ _PROCESSOR_TYPES = {
 # Without a processor type, transformers picks the processor from config.json's model_type.
 _MODEL_TYPES = {"clip": "clip", "siglip": "siglip"}
 # Keys that name the processor or only affect other backends / the output container.
-_IGNORED_KEYS = {
+IGNORED_KEYS = {
     "image_processor_type",
     "feature_extractor_type",
     "auto_map",
@@ -85,7 +85,8 @@ _OFF_ONLY_KEYS = ("do_pad", "input_data_format", "use_square_size")
 class ImagePreprocessor:
     """What a CLIP/SigLIP checkpoint's image processor does, as plain values.
 
-    ``family`` is ``"clip"`` or ``"siglip"``: whose class defaults filled absent keys.
+    ``family`` says whose class defaults filled absent keys: ``"clip"``, ``"siglip"``, or
+    ``"qwen2_vl"`` (set by ``QwenVLImageProcessor``, which reuses the pixel steps).
     Resizing: at most one of ``shortest_edge`` (scale so the short side has this length, long
     side truncated as torchvision does) and ``size`` (``(height, width)``, aspect ignored) is set;
     neither means no resize. ``crop_size`` is ``(height, width)`` of the centre crop, or None.
@@ -111,7 +112,7 @@ class ImagePreprocessor:
         named by ``image_processor_type``. Settings this class cannot reproduce raise
         ValueError naming the file and key."""
         path = resolve_checkpoint(folder)
-        source, raw = _read_processor_dict(path)
+        source, raw = read_processor_dict(path)
         return _from_dict(raw, source, _family(raw, source, path))
 
     @property
@@ -158,7 +159,7 @@ class ImagePreprocessor:
         return x
 
 
-def _read_processor_dict(folder: Path) -> tuple[Path, dict[str, Any]]:
+def read_processor_dict(folder: Path) -> tuple[Path, dict[str, Any]]:
     nested = folder / PROCESSOR_FILE
     if nested.is_file():
         processor = _read_json(nested)
@@ -211,7 +212,7 @@ def _family(raw: dict[str, Any], source: Path, folder: Path) -> str:
 
 def _from_dict(raw: dict[str, Any], source: Path, family: str) -> ImagePreprocessor:
     defaults = _DEFAULTS[family]
-    unknown = sorted(set(raw) - set(defaults) - _IGNORED_KEYS - set(_OFF_ONLY_KEYS))
+    unknown = sorted(set(raw) - set(defaults) - IGNORED_KEYS - set(_OFF_ONLY_KEYS))
     if unknown:
         raise ValueError(f"{source}: unsupported key(s) {unknown}")
     for key in _OFF_ONLY_KEYS:
@@ -243,8 +244,8 @@ def _from_dict(raw: dict[str, Any], source: Path, family: str) -> ImagePreproces
         do_rescale=bool(get("do_rescale")),
         rescale_factor=float(rescale_factor),
         do_normalize=bool(get("do_normalize")),
-        image_mean=_per_channel(get("image_mean"), "image_mean", source),
-        image_std=_per_channel(get("image_std"), "image_std", source),
+        image_mean=per_channel(get("image_mean"), "image_mean", source),
+        image_std=per_channel(get("image_std"), "image_std", source),
     )
 
 
@@ -280,7 +281,7 @@ def _crop_spec(crop_size: Any, source: Path) -> tuple[int, int]:
     )
 
 
-def _per_channel(value: Any, key: str, source: Path) -> tuple[float, float, float]:
+def per_channel(value: Any, key: str, source: Path) -> tuple[float, float, float]:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return (float(value),) * 3
     if isinstance(value, list | tuple) and len(value) == 3:

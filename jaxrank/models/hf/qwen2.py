@@ -101,11 +101,12 @@ def load_causal_lm(
     dtype: DTypeLike = jnp.float32,
     compute_dtype: DTypeLike | None = None,
     mesh: Mesh | None = None,
+    fsdp: bool = False,
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
 ) -> PretrainedLM:
-    """Load a ``Qwen2ForCausalLM`` folder or hub id (see ``load_pretrained`` for the options).
+    """Load a ``Qwen2ForCausalLM`` folder or hub id (options as ``qwen2_vl.load_vlm``).
     A tied checkpoint may also carry ``lm_head.weight``; it is then the embedding and ignored."""
     folder = resolve_checkpoint(source, revision=revision)
     name = architecture(folder, ARCHITECTURES)
@@ -120,6 +121,7 @@ def load_causal_lm(
         SafetensorsCheckpoint(folder),
         expected,
         mesh=mesh,
+        fsdp=fsdp,
         seed=seed,
         ignore_unused=ignore_unused,
         ignore_missing=False,

@@ -59,13 +59,15 @@ def load_vlm(
     dtype: DTypeLike = jnp.float32,
     compute_dtype: DTypeLike | None = None,
     mesh: Mesh | None = None,
+    fsdp: bool = False,
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
 ) -> PretrainedVLM:
     """Load a Qwen2-VL / Qwen2.5-VL folder or hub id: parameters in ``dtype`` (computing in
-    ``compute_dtype``, default ``dtype``), each created directly with its sharding on ``mesh``,
-    after checking every tensor exists, fits and is used."""
+    ``compute_dtype``, default ``dtype``), each created directly with its sharding on ``mesh``
+    (tensor-parallel over its ``model`` axis; ``fsdp`` also splits every parameter over
+    ``data``), after checking every tensor exists, fits and is used."""
     folder = resolve_checkpoint(source, revision=revision)
     name = architecture(folder, ARCHITECTURES)
     config = vlm_config(folder)
@@ -79,6 +81,7 @@ def load_vlm(
         checkpoint,
         {t.name for t in rules.values()} | {"lm_head.weight"},
         mesh=mesh,
+        fsdp=fsdp,
         seed=seed,
         ignore_unused=ignore_unused,
         ignore_missing=False,

@@ -21,10 +21,10 @@ from PIL import Image
 
 from jaxrank.models.hf.files import resolve_checkpoint
 from jaxrank.models.hf.preprocessing import (
-    _IGNORED_KEYS,
+    IGNORED_KEYS,
     ImagePreprocessor,
-    _per_channel,
-    _read_processor_dict,
+    per_channel,
+    read_processor_dict,
 )
 
 Grid = tuple[int, int, int]
@@ -97,7 +97,7 @@ class QwenVLImageProcessor:
     def from_pretrained(cls, folder: str | Path) -> QwenVLImageProcessor:
         """Read the processor config of a checkpoint folder or hub id as transformers does
         (``min_pixels``/``max_pixels`` override ``size``); unsupported keys raise ValueError."""
-        source, raw = _read_processor_dict(resolve_checkpoint(folder))
+        source, raw = read_processor_dict(resolve_checkpoint(folder))
         return _from_dict(raw, source)
 
     @property
@@ -142,7 +142,7 @@ class QwenVLImageProcessor:
 
 
 def _from_dict(raw: dict[str, Any], source: Path) -> QwenVLImageProcessor:
-    unknown = sorted(set(raw) - set(_DEFAULTS) - _IGNORED_KEYS)
+    unknown = sorted(set(raw) - set(_DEFAULTS) - IGNORED_KEYS)
     if unknown:
         raise ValueError(f"{source}: unsupported key(s) {unknown}")
     kind = raw.get("image_processor_type")
@@ -175,8 +175,8 @@ def _from_dict(raw: dict[str, Any], source: Path) -> QwenVLImageProcessor:
         do_rescale=bool(get("do_rescale")),
         rescale_factor=float(get("rescale_factor")),
         do_normalize=bool(get("do_normalize")),
-        image_mean=_per_channel(get("image_mean"), "image_mean", source),
-        image_std=_per_channel(get("image_std"), "image_std", source),
+        image_mean=per_channel(get("image_mean"), "image_mean", source),
+        image_std=per_channel(get("image_std"), "image_std", source),
     )
     return QwenVLImageProcessor(
         do_resize=bool(get("do_resize")),
