@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from jaxrank.models.hf.export_decoder import save_decoder
 from jaxrank.models.hf.qwen2 import load_causal_lm
 from jaxrank.models.lm import LMConfig
 from jaxrank.models.lm_prompt import Prompt, left_pad
@@ -115,3 +116,21 @@ def test_fully_sharded_spec_picks_the_largest_free_dimension():
     assert fully_sharded(P(), (6, 8), 4) == P(None, DATA)  # 6 is not divisible by 4
     assert fully_sharded(P(), (6,), 4) == P()  # nothing divisible: stays replicated
     assert fully_sharded(P(MODEL), (8,), 1) == P(MODEL)
+
+
+def test_export_loads_in_transformers(qwen2, tmp_path):
+    """A changed model written back (2 shards) is what transformers then computes."""
+    folder, _ = qwen2
+    model = load_causal_lm(folder).model
+    kernel = model.layers[1].mlp.up_proj.kernel
+    kernel[...] = kernel[...] * 1.5 + 0.01
+    out = save_decoder(model, tmp_path / "export", base=folder, max_shard_bytes=40_000)
+    assert len(list(out.glob("model-*.safetensors"))) > 1
+    exported = transformers.Qwen2ForCausalLM.from_pretrained(out).eval()
+    ids, mask = _batch()
+    want = _reference(exported, ids, mask)
+    got = jax.jit(lambda m, *x: m(*x).logits)(model, jnp.asarray(ids), jnp.asarray(mask))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        save_decoder(model, folder, base=folder)

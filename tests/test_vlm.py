@@ -15,6 +15,7 @@ import pytest
 from hf_checkpoints import photos
 from hf_tokenizer_fixtures import QWEN_CHAT_TEMPLATE, tiny_qwen_tokenizer
 
+from jaxrank.models.hf.export_decoder import save_decoder
 from jaxrank.models.hf.qwen2_vl import load_vlm
 from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs
 from jaxrank.parallel import make_mesh
@@ -174,3 +175,24 @@ def test_fully_sharded_vlm_equals_single_device(checkpoint):
     with jax.set_mesh(mesh):
         got = _logits(sharded, batch)
     np.testing.assert_allclose(got[batch.mask], want[batch.mask], atol=1e-5)
+
+
+def test_export_loads_in_transformers(checkpoint, tmp_path):
+    """A changed model written back is what transformers then computes, image tokens included."""
+    folder, reference, processor = checkpoint
+    model = load_vlm(folder).model
+    for param in (
+        model.visual.merger.fc2.kernel,
+        model.language_model.layers[0].mlp.up_proj.kernel,
+    ):
+        param[...] = param[...] * 1.5 + 0.01
+    out = save_decoder(model, tmp_path / "export", base=folder)
+    exported = type(reference).from_pretrained(out).eval()
+    want_inputs = _reference_inputs(processor, True)
+    with torch.no_grad():
+        want = exported(**want_inputs).logits.numpy()
+    batch = _ours(folder, True)
+    shift = batch.tokens.shape[1] - want.shape[1]
+    real = want_inputs["attention_mask"].numpy().astype(bool)
+    got = _logits(model, batch)[:, shift:]
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=0)

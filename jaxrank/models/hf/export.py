@@ -152,24 +152,39 @@ def save_pretrained(
     towers, kinds = towers_of(model)
     family, architecture = _family_and_architecture(towers, kinds)
     rules = name_map(family, towers, kinds, {kind: _PREFIXES[kind] for kind in kinds})
-    params = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    host = {path: np.asarray(jax.device_get(value)) for path, value in params.items()}
-    tensors = {
-        name: np.require(value, requirements="C")
-        for name, value in to_checkpoint(host, rules).items()
-    }
+    tensors = checkpoint_tensors(model, rules)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = family.export_config(towers, architecture)
     config.dtype = str(next(iter(tensors.values())).dtype)
     config.save_pretrained(folder)
+    write_weights(tensors, folder, max_shard_bytes)
+    return folder
+
+
+def checkpoint_tensors(model: nnx.Module, rules: dict) -> dict[str, np.ndarray]:
+    """``model``'s parameters on the host, named and laid out as the checkpoint ``rules`` say."""
+    params = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    host = {path: np.asarray(jax.device_get(value)) for path, value in params.items()}
+    return {
+        name: np.require(value, requirements="C")
+        for name, value in to_checkpoint(host, rules).items()
+    }
+
+
+def write_weights(
+    tensors: dict[str, np.ndarray], folder: Path, max_shard_bytes: int | None = None
+) -> None:
+    """Safetensors weights as transformers writes them: one ``model.safetensors``, or with
+    ``max_shard_bytes`` ``model-0000i-of-0000n.safetensors`` files plus an index. Each file
+    appears under its final name only once complete; an earlier export's files are removed."""
     shards = _shards(tensors, max_shard_bytes)
     metadata = {"format": "pt"}
     if len(shards) == 1:
         _write_atomically(folder / SINGLE_FILE, lambda p: save_file(shards[0], p, metadata))
         _remove_stale(folder, {SINGLE_FILE})
-        return folder
+        return
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
@@ -179,7 +194,6 @@ def save_pretrained(
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     _write_atomically(folder / INDEX_FILE, lambda p: p.write_text(json.dumps(index, indent=2)))
     _remove_stale(folder, {*weight_map.values(), INDEX_FILE})
-    return folder
 
 
 def _remove_stale(folder: Path, written: set[str]) -> None:
