@@ -43,18 +43,21 @@ def test_cached_decoding_equals_full_forward(config):
     tokens = jnp.concatenate([prompt.tokens, follow], axis=1)
     mask = jnp.concatenate([prompt.mask, jnp.ones_like(follow, bool)], axis=1)
     positions = jnp.concatenate([prompt.positions, prompt.generated_positions(3)], axis=-1)
-    full = model(tokens, mask, positions).logits
+    forward = nnx.jit(lambda m, *inputs, cache=None: m(*inputs, cache=cache))
+    full = forward(model, tokens, mask, positions).logits
 
     cache = KVCache.empty(config, 3, 11, jnp.float32)
-    out = model(prompt.tokens, prompt.mask, prompt.positions, cache=cache)
+    out = forward(model, prompt.tokens, prompt.mask, prompt.positions, cache=cache)
     steps = [out.logits]
     for t in range(3):
-        out = model(follow[:, t : t + 1], None, positions[..., 8 + t : 9 + t], cache=out.cache)
+        out = forward(
+            model, follow[:, t : t + 1], None, positions[..., 8 + t : 9 + t], cache=out.cache
+        )
         steps.append(out.logits)
     cached = jnp.concatenate(steps, axis=1)
     real = np.asarray(mask)
-    np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-5)
-    assert int(out.cache.length) == 11
+    np.testing.assert_allclose(np.asarray(cached)[real], np.asarray(full)[real], atol=1e-4)
+    assert int(out.cache.length) == 11, out.cache.length
 
 
 def test_mrope_streams_pick_their_frequency_sections():
