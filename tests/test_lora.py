@@ -18,6 +18,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrank.checkpoint import Checkpointer
+from jaxrank.models.hf import qwen2
+from jaxrank.models.hf.export import checkpoint_tensors
 from jaxrank.models.lm import CausalLM, LMConfig
 from jaxrank.models.lora import (
     LoRAConfig,
@@ -69,8 +71,7 @@ def _mlp() -> MLP:
 
 @jax.jit
 def _logits(model: CausalLM, ids: jax.Array) -> jax.Array:
-    out = model(ids)  # LMOutput once the KV-cache change to lm.py lands; (logits, hidden) before
-    return out.logits if hasattr(out, "logits") else out[0]
+    return model(ids).logits
 
 
 MODELS = {
@@ -119,11 +120,12 @@ def test_merged_equals_unmerged_and_the_formula():
     merged = merge_lora(model)
     assert merged is model and not _wrapped(model)
     assert not jax.tree.leaves(nnx.state(model, LoRAParam))
-    # The plain model's parameter paths again, so the HF name maps apply to it.
+    # The plain model's parameter paths again, so the HF exporter's name map applies to it.
     assert _arrays(nnx.state(model)).keys() == _arrays(nnx.state(_lm())).keys()
-    q_proj = model.layers[0].self_attn.q_proj
-    assert type(q_proj) is nnx.Linear
-    np.testing.assert_allclose(q_proj.kernel[...], w + a @ bb * 2.0, atol=1e-6, rtol=0)
+    assert type(model.layers[0].self_attn.q_proj) is nnx.Linear
+    tensors = checkpoint_tensors(model, qwen2.name_map(CONFIG))
+    exported = tensors["model.layers.0.self_attn.q_proj.weight"]
+    np.testing.assert_allclose(exported, (w + a @ bb * 2.0).T, atol=1e-6, rtol=0)
     np.testing.assert_allclose(_logits(model, IDS), unmerged, atol=1e-5, rtol=0)
 
 
