@@ -3,17 +3,19 @@ jitted KV-cache sampler vs transformers' PyTorch ``generate``, same weights.
 
     .venv/bin/python scripts/bench_mllm.py --out docs/bench/mllm.json
 
-One process, one CPU device, float32. A ``Qwen2ForCausalLM`` (width 512, 8 layers, 8 query /
-2 key-value heads, vocabulary 32,000) is built from ``torch.manual_seed``, saved with
-``save_pretrained`` and loaded by ``jaxrank.models.hf.qwen2.load_causal_lm``. Batch 8 prompts of
-``--prompt`` random tokens, ``--new`` greedy tokens, no stop token (both sides generate every
-token). Measured per method:
+One process, one CPU device, ``--dtype`` float32 (default) or bfloat16 on both sides. A
+``Qwen2ForCausalLM`` (width 512, 8 layers, 8 query / 2 key-value heads, vocabulary 32,000) is
+built from ``torch.manual_seed``, saved with ``save_pretrained`` and loaded by
+``jaxrank.models.hf.qwen2.load_causal_lm``. ``--batch`` prompts of ``--prompt`` random tokens,
+``--new`` greedy tokens, no stop token (both sides generate every token). Measured per method:
 
 - prefill: one forward pass over the prompts that fills the cache (transformers: ``model(...,
   use_cache=True)``; jaxrank: the jitted ``CausalLM`` call with a ``KVCache``);
 - generate: prompts to ``--new`` tokens (transformers: eager ``generate``, its default dynamic
   cache; jaxrank: ``Sampler``, prefill + ``lax.while_loop`` decode, compiled ahead of timing);
-- decode tokens/s = batch x new / (generate - prefill).
+- decode tokens/s = batch x new / (generate - prefill), also as a fraction of the memory
+  roofline: a decode step reads every weight and the cache once, so it cannot beat
+  (bytes per step) / (bandwidth measured by a jitted 512 MiB reduction).
 
 The greedy tokens of both are compared (random weights leave near-ties, so a late divergence
 is possible; the agreement is reported). Methods are timed round robin ``--repeats`` times,
@@ -52,7 +54,8 @@ JAXRANK = "jaxrank (jit, KV cache)"
 TORCH = "transformers eager"
 
 
-def build(folder: Path, seed: int) -> tuple[Any, Any]:
+def build(folder: Path, seed: int, dtype: str) -> tuple[Any, Any]:
+    """Same random weights on both sides, stored (and computed) in ``dtype``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -61,10 +64,12 @@ def build(folder: Path, seed: int) -> tuple[Any, Any]:
     torch.manual_seed(seed)
     reference = Qwen2ForCausalLM(Qwen2Config(**QWEN2_SMALL)).eval()
     reference.save_pretrained(folder)
-    return reference, load_causal_lm(folder).model
+    return reference.to(getattr(torch, dtype)), load_causal_lm(folder, dtype=dtype).model
 
 
-def jaxrank_methods(model: Any, tokens: np.ndarray, new: int) -> tuple[dict, dict, np.ndarray]:
+def jaxrank_methods(
+    model: Any, tokens: np.ndarray, new: int, dtype: str
+) -> tuple[dict, dict, np.ndarray]:
     """Compiled prefill and generate as pure functions of (state, prompt); their compile times
     and the generated tokens."""
     import jax
@@ -82,7 +87,7 @@ def jaxrank_methods(model: Any, tokens: np.ndarray, new: int) -> tuple[dict, dic
 
     def prefill(state, prompt):
         lm = nnx.merge(graphdef, state)
-        cache = KVCache.empty(lm.config, prompt.batch, size, jnp.float32)
+        cache = KVCache.empty(lm.config, prompt.batch, size, jnp.dtype(dtype))
         out = lm(prompt.tokens, prompt.mask, prompt.positions, cache=cache, compute_logits=False)
         return lm.logits(out.hidden[:, -1]), out.cache
 
@@ -127,6 +132,36 @@ def torch_methods(reference: Any, tokens: np.ndarray, new: int) -> tuple[dict, n
     return {"prefill": prefill, "generate": generate}, generate()[:, tokens.shape[1] :].numpy()
 
 
+def memory_bandwidth() -> float:
+    """Bytes/s this machine streams from memory into a jitted reduction (best of 5 over
+    512 MiB, far beyond the caches): the ceiling for decoding, which reads every weight once
+    per step."""
+    import jax
+    import jax.numpy as jnp
+
+    data = jnp.ones((128 * 2**20,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(data).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        total(data).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best
+
+
+def decode_bytes(model: Any, batch: int, slots: int, dtype: str) -> int:
+    """Bytes one decode step must read at least: every weight (the tied embedding once, as the
+    output layer) and the filled key/value cache."""
+    import jax
+    from flax import nnx
+
+    weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    c = model.config
+    cache = 2 * c.depth * batch * slots * c.kv_heads * c.dim_per_head * np.dtype(dtype).itemsize
+    return weights + cache
+
+
 def time_round_robin(methods: dict[str, Callable], repeats: int, warmup: int) -> dict:
     for _ in range(warmup):
         for fn in methods.values():
@@ -164,6 +199,18 @@ def summarise(times: dict, batch: int, prompt: int, new: int, compile_s: dict) -
     return rows
 
 
+def add_roofline(rows: list[dict], step_bytes: int, bandwidth: float, batch: int) -> dict:
+    """Each method's decode rate as a fraction of the memory-bandwidth ceiling."""
+    ceiling = batch * bandwidth / step_bytes
+    for row in rows:
+        row["decode_fraction_of_roofline"] = row["decode_tokens_per_s"] / ceiling
+    return {
+        "bandwidth_gb_per_s": bandwidth / 1e9,
+        "bytes_per_decode_step": step_bytes,
+        "decode_tokens_per_s_ceiling": ceiling,
+    }
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         {
@@ -171,12 +218,13 @@ def table(rows: list[dict]) -> str:
             "prefill tok/s": r["prefill_tokens_per_s"],
             "decode tok/s": r["decode_tokens_per_s"],
             "generate s": r["generate_s"],
+            "decode / roofline": r["decode_fraction_of_roofline"],
             "compile s": sum(r["compile_s"].values()) if r["compile_s"] else "-",
         }
         for r in rows
     ]
     jx = rows[0]
-    text = tabulate(lines, headers="keys", tablefmt="github", floatfmt=".1f")
+    text = tabulate(lines, headers="keys", tablefmt="github", floatfmt=".2f")
     return text + (
         f"\njaxrank / transformers: prefill {jx['prefill_tokens_per_s_vs_torch']:.2f}x, "
         f"decode {jx['decode_tokens_per_s_vs_torch']:.2f}x"
@@ -191,6 +239,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--out", default="docs/bench/mllm.json")
     args = parser.parse_args()
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
@@ -198,15 +247,15 @@ def main() -> None:
 
     report: dict[str, Any] = {"command": " ".join(sys.argv), "load_before": os.getloadavg()}
     report["machine"] = machine_info()
-    report["config"] = {"model": QWEN2_SMALL, "dtype": "float32"} | vars(args)
+    report["config"] = {"model": QWEN2_SMALL} | vars(args)
     with tempfile.TemporaryDirectory() as folder:
-        reference, model = build(Path(folder), args.seed)
+        reference, model = build(Path(folder), args.seed, args.dtype)
     tokens = (
         np.random.default_rng(args.seed)
         .integers(1, QWEN2_SMALL["vocab_size"], (args.batch, args.prompt))
         .astype(np.int32)
     )
-    ours, compile_s, ours_tokens = jaxrank_methods(model, tokens, args.new)
+    ours, compile_s, ours_tokens = jaxrank_methods(model, tokens, args.new, args.dtype)
     theirs, theirs_tokens = torch_methods(reference, tokens, args.new)
     same = ours_tokens == theirs_tokens
     first_diff = [int(np.argmin(row)) if not row.all() else args.new for row in same]
@@ -223,11 +272,14 @@ def main() -> None:
     report["contention"] = measured_contention(before, cpu_seconds(), time.perf_counter() - start)
     times = {tuple(name.split("|")): ts for name, ts in times.items()}
     report["results"] = summarise(times, args.batch, args.prompt, args.new, compile_s)
+    step_bytes = decode_bytes(model, args.batch, args.prompt + args.new, args.dtype)
+    report["roofline"] = add_roofline(report["results"], step_bytes, memory_bandwidth(), args.batch)
     report["load_after"] = os.getloadavg()
     report["table"] = table(report["results"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(report["table"])
+    print(f"roofline: {report['roofline']}")
     print(f"contention: {report['contention']}")
     print(f"wrote {args.out}")
 
