@@ -6,109 +6,28 @@ text-only batches (left-padded, photos of different sizes), greedy decoding equa
 
 from __future__ import annotations
 
-from unittest import mock
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hf_checkpoints import photos
-from hf_tokenizer_fixtures import QWEN_CHAT_TEMPLATE, tiny_qwen_tokenizer
+from flax import nnx
+from qwen_checkpoints import VARIANTS, jaxrank_inputs, reference_inputs, tiny_vlm
 
 from jaxrank.models.hf.export_decoder import save_decoder
 from jaxrank.models.hf.qwen2_vl import load_vlm
-from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs
+from jaxrank.models.lora import LoRAConfig, LoRALinear, apply_lora, merge_lora
 from jaxrank.parallel import make_mesh
 from jaxrank.rl.rollout import SamplingSettings, generate
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TEXT = {
-    "vocab_size": 272,
-    "hidden_size": 48,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "initializer_range": 0.1,
-    "rope_parameters": {"rope_type": "default", "mrope_section": [2, 2, 2], "rope_theta": 1e4},
-}
-# Patch size 4 and at most 48x48 pixels keep images at <= 36 merged tokens; Qwen2.5-VL's
-# 16-pixel windows split each photo into several windows, block 1 attends to the whole image.
-VISION = {
-    "qwen2_vl": {"depth": 2, "embed_dim": 40, "hidden_size": 48, "num_heads": 2, "patch_size": 4},
-    "qwen2_5_vl": {
-        "depth": 2,
-        "hidden_size": 36,
-        "intermediate_size": 52,
-        "num_heads": 3,
-        "patch_size": 4,
-        "out_hidden_size": 48,
-        "window_size": 16,
-        "fullatt_block_indexes": [1],
-    },
-}
-PROCESSOR = {"patch_size": 4, "merge_size": 2, "min_pixels": 32 * 32, "max_pixels": 48 * 48}
-QUESTIONS = ("what is in the picture?", "crop?")
 
-
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=VARIANTS)
 def checkpoint(request, tmp_path_factory):
     """(folder, PyTorch model, transformers processor) of a tiny random VL checkpoint."""
-    torch.manual_seed(0)
-    t = transformers
-    config_class, model_class = {
-        "qwen2_vl": (t.Qwen2VLConfig, t.Qwen2VLForConditionalGeneration),
-        "qwen2_5_vl": (t.Qwen2_5_VLConfig, t.Qwen2_5_VLForConditionalGeneration),
-    }[request.param]
-    tokenizer = tiny_qwen_tokenizer()
-    ids = {
-        f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<|{name}|>")
-        for name in ("vision_start", "vision_end")
-    }
-    config = config_class(
-        vision_config={**VISION[request.param], "initializer_range": 0.2},
-        text_config=TEXT,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        **ids,
-    )
-    model = model_class(config).eval()
     folder = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(folder)
-    # The processor insists on a video processor, which needs torchvision (not installable
-    # here); images never touch it, so its class check is skipped.
-    with mock.patch.object(t.ProcessorMixin, "check_argument_for_proper_class", lambda *a: None):
-        processor = t.Qwen2VLProcessor(
-            image_processor=t.Qwen2VLImageProcessorPil(**PROCESSOR),
-            tokenizer=tokenizer,
-            chat_template=QWEN_CHAT_TEMPLATE,
-        )
-    processor.tokenizer.save_pretrained(folder)
-    processor.image_processor.save_pretrained(folder)
-    processor.tokenizer.padding_side = "left"
-    return folder, model, processor
-
-
-def _conversations(with_images: bool) -> list[list[dict]]:
-    image = [{"type": "image"}] if with_images else []
-    return [[{"role": "user", "content": [*image, {"type": "text", "text": q}]}] for q in QUESTIONS]
-
-
-def _reference_inputs(processor, with_images: bool) -> dict:
-    texts = [
-        processor.apply_chat_template(c, add_generation_prompt=True)
-        for c in _conversations(with_images)
-    ]
-    images = photos()[:2] if with_images else None
-    return processor(text=texts, images=images, padding=True, return_tensors="pt")
-
-
-def _ours(folder, with_images: bool):
-    inputs = QwenVLInputs.from_pretrained(folder)
-    texts = [inputs.chat(c) for c in _conversations(with_images)]
-    images = [[photo] for photo in photos()[:2]] if with_images else [[], []]
-    return inputs.batch(texts, images, lengths=(32, 64, 128))
+    return folder, *tiny_vlm(folder, request.param)
 
 
 def _logits(model, batch) -> np.ndarray:
@@ -120,8 +39,8 @@ def _logits(model, batch) -> np.ndarray:
 @pytest.mark.parametrize("with_images", [True, False], ids=["image+text", "text"])
 def test_inputs_and_logits_match_transformers(checkpoint, with_images):
     folder, reference, processor = checkpoint
-    want_inputs = _reference_inputs(processor, with_images)
-    batch = _ours(folder, with_images)
+    want_inputs = reference_inputs(processor, with_images)
+    batch = jaxrank_inputs(folder, with_images)
     # Same ids (after aligning the left padding to our bucket) and the same M-RoPE positions.
     ids, mask = want_inputs["input_ids"].numpy(), want_inputs["attention_mask"].numpy()
     shift = batch.tokens.shape[1] - ids.shape[1]
@@ -150,11 +69,11 @@ def test_inputs_and_logits_match_transformers(checkpoint, with_images):
 
 def test_greedy_decoding_with_images_matches_generate(checkpoint):
     folder, reference, processor = checkpoint
-    want_inputs = _reference_inputs(processor, True)
+    want_inputs = reference_inputs(processor, True)
     with torch.no_grad():
         width = want_inputs["input_ids"].shape[1]
         want = reference.generate(**want_inputs, max_new_tokens=5, do_sample=False)[:, width:]
-    batch = _ours(folder, True)
+    batch = jaxrank_inputs(folder, True)
     model = load_vlm(folder).model
 
     def run(model, tokens, mask, positions, patches):
@@ -168,7 +87,7 @@ def test_greedy_decoding_with_images_matches_generate(checkpoint):
 
 def test_fully_sharded_vlm_equals_single_device(checkpoint):
     folder, _, _ = checkpoint
-    batch = _ours(folder, True)
+    batch = jaxrank_inputs(folder, True)
     want = _logits(load_vlm(folder).model, batch)
     mesh = make_mesh(data=4, model=2)
     sharded = load_vlm(folder, mesh=mesh, fsdp=True).model
@@ -188,11 +107,31 @@ def test_export_loads_in_transformers(checkpoint, tmp_path):
         param[...] = param[...] * 1.5 + 0.01
     out = save_decoder(model, tmp_path / "export", base=folder)
     exported = type(reference).from_pretrained(out).eval()
-    want_inputs = _reference_inputs(processor, True)
+    want_inputs = reference_inputs(processor, True)
     with torch.no_grad():
         want = exported(**want_inputs).logits.numpy()
-    batch = _ours(folder, True)
+    batch = jaxrank_inputs(folder, True)
     shift = batch.tokens.shape[1] - want.shape[1]
     real = want_inputs["attention_mask"].numpy().astype(bool)
     got = _logits(model, batch)[:, shift:]
     np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=0)
+
+
+def test_lora_on_the_vlm_starts_at_the_base_and_merges_back(checkpoint):
+    """Adapters on every linear of both towers (B = 0) leave the logits unchanged; trained
+    (here: random) adapters merged into the weights give the unmerged model's logits."""
+    folder, _, _ = checkpoint
+    batch = jaxrank_inputs(folder, True)
+    model = load_vlm(folder).model
+    base = _logits(model, batch)
+    apply_lora(model, LoRAConfig(rank=2, alpha=4.0), nnx.Rngs(0))
+    assert isinstance(model.visual.merger.fc1, LoRALinear)
+    assert isinstance(model.language_model.layers[0].self_attn.q_proj, LoRALinear)
+    np.testing.assert_array_equal(_logits(model, batch), base)
+    for _, layer in nnx.iter_graph(model):
+        if isinstance(layer, LoRALinear):
+            layer.lora_b[...] = jax.random.normal(jax.random.key(1), layer.lora_b.shape) * 0.1
+    adapted = _logits(model, batch)
+    assert np.abs(adapted - base)[batch.mask].max() > 1e-3
+    merged = _logits(merge_lora(model), batch)
+    np.testing.assert_allclose(merged[batch.mask], adapted[batch.mask], atol=1e-4)

@@ -276,13 +276,14 @@ class PatchMerger(nnx.Module):
 
     def __init__(self, config: QwenVisionConfig, *, dtypes: dict, rngs: nnx.Rngs):
         merged = config.width * config.spatial_merge_size**2
+        self.group_width = merged
         self.ln_q = _norm(config, dtypes, rngs)
         with place_on_mesh_if_set():
             self.fc1 = _linear(merged, merged, COLUMN_PARALLEL, dtypes, rngs)
             self.fc2 = _linear(merged, config.out_width, ROW_PARALLEL, dtypes, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        merged = self.ln_q(x).reshape(-1, self.fc1.in_features)
+        merged = self.ln_q(x).reshape(-1, self.group_width)
         return self.fc2(ACTIVATIONS["gelu"](self.fc1(merged)))
 
 
