@@ -3,12 +3,16 @@ transformers loads (single device and sharded) and gives the same logits."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
 from jaxrank.models.hf.export_decoder import save_decoder
 from jaxrank.models.hf.qwen2 import load_causal_lm
 from jaxrank.models.lm import LMConfig
@@ -134,3 +138,20 @@ def test_export_loads_in_transformers(qwen2, tmp_path):
     np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="refusing to overwrite"):
         save_decoder(model, folder, base=folder)
+
+
+def test_config_that_disagrees_with_the_weights_is_refused(qwen2, tmp_path):
+    """A config claiming a wider MLP than the weights: the error names the tensor and shapes
+    before anything is read."""
+    folder, _ = qwen2
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["intermediate_size"] = 80
+    (edited / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointMismatch, match=r"model\.layers\.0\.mlp\.down_proj\.weight"):
+        load_causal_lm(edited)
+    with pytest.raises(UnsupportedCheckpoint, match="architectures"):
+        config["architectures"] = ["LlamaForCausalLM"]
+        (edited / "config.json").write_text(json.dumps(config))
+        load_causal_lm(edited)
