@@ -1,5 +1,6 @@
 """The contrastive recipe end to end: sharding equivalence, CLI errors, kill-and-resume."""
 
+import functools
 import json
 import os
 import signal
@@ -12,10 +13,12 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from jaxrank import cli, parallel
 from jaxrank.configs import apply_overrides, load_config_file
 from jaxrank.recipes import contrastive
+from jaxrank.train_step import TrainState, jit_train_step, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "contrastive" / "synthetic.py"
@@ -41,29 +44,30 @@ def tiny_config(*extra):
 def one_step(cfg, mesh):
     world = contrastive.build_world(cfg)
     model = contrastive.build_model(cfg, mesh)
-    from flax import nnx
-
-    from jaxrank.train_step import TrainState, make_train_step
-
     graphdef, params = nnx.split(model, nnx.Param)
     # Plain SGD: Adam's first steps move every weight by about +-lr whatever the gradient's
     # size, so rounding noise in a near-zero gradient would flip whole updates.
     optimizer = optax.sgd(0.5)
-    state = TrainState.create(params, optimizer, cfg.seed)
     batch = next(iter(contrastive.training_data(world, cfg)))
     kb = parallel.put_replicated(contrastive.knowledge_base(world, cfg), mesh)
-    step = jax.jit(make_train_step(contrastive.make_loss(graphdef, cfg), optimizer))
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh):  # as the recipe does: one compilation, state kept on the mesh
+        state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
+        loss = contrastive.make_loss(graphdef, cfg)
+        step = jit_train_step(make_train_step(loss, optimizer), state)
         for _ in range(2):
             state, metrics = step(state, parallel.shard_batch(batch, mesh), kb)
     return jax.device_get((state.params, metrics["loss"]))
 
 
+@functools.cache
+def single_device_steps():
+    return one_step(tiny_config(), parallel.make_mesh(1, 1, jax.devices()[:1]))
+
+
 @pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
 def test_sharded_steps_equal_single_device(shape):
-    cfg = tiny_config()
-    single_params, single_loss = one_step(cfg, parallel.make_mesh(1, 1, jax.devices()[:1]))
-    params, loss = one_step(cfg, parallel.make_mesh(*shape))
+    single_params, single_loss = single_device_steps()
+    params, loss = one_step(tiny_config(), parallel.make_mesh(*shape))
     np.testing.assert_allclose(loss, single_loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single_params), strict=True):
         # float32 rounding of sharded vs whole reductions, relative to the array's scale (an
@@ -111,14 +115,14 @@ def _train_cmd(workdir, steps):
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_same_results(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    steps = 60
+    steps = 30
     subprocess.run(_train_cmd(tmp_path / "straight", steps), env=env, check=True, timeout=600)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed, steps), env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "20").exists():
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 20"
+    while not (killed / "checkpoints" / "10").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 10"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
