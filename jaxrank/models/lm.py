@@ -150,29 +150,30 @@ class GroupedQueryAttention(nnx.Module):
         start: jax.Array | int = 0,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """``x`` [B, T, W]; ``visible`` [B, T, S] bool (query may attend to key slot). With
-        ``cached`` keys/values [B, kv_heads, S, D], this call's keys are written at slots
-        ``start .. start + T`` and attention runs over all S slots; returns (out, keys/values).
-        Heads come before slots so the attention products read the cache without a transpose."""
+        ``cached`` (keys [B, kv_heads, D, S], values [B, kv_heads, S, D]), this call's keys and
+        values are written at slots ``start .. start + T`` and attention runs over all S slots;
+        returns (out, keys/values) in the cache's layout. Keys are stored transposed so that
+        both attention products read the cache as plain matrices, without a per-step transpose
+        (XLA's CPU batched dot is several times slower on the untransposed layout)."""
         c, d = self.config, self.config.dim_per_head
         batch, length = x.shape[:2]
         groups = c.heads // c.kv_heads
         split = lambda y, n: y.reshape(batch, length, n, d)
-        heads_first = lambda y: y.transpose(0, 2, 1, 3)
-        q = heads_first(apply_rotary(split(self.q_proj(x), c.heads), *rotary))
-        k = heads_first(apply_rotary(split(self.k_proj(x), c.kv_heads), *rotary))
-        v = heads_first(split(self.v_proj(x), c.kv_heads))
+        q = apply_rotary(split(self.q_proj(x), c.heads), *rotary).transpose(0, 2, 1, 3)
+        k = apply_rotary(split(self.k_proj(x), c.kv_heads), *rotary).transpose(0, 2, 3, 1)
+        v = split(self.v_proj(x), c.kv_heads).transpose(0, 2, 1, 3)
         if cached is not None:
-            at = (0, 0, start, 0)
-            k = jax.lax.dynamic_update_slice(cached[0], k.astype(cached[0].dtype), at)
-            v = jax.lax.dynamic_update_slice(cached[1], v.astype(cached[1].dtype), at)
+            k = jax.lax.dynamic_update_slice(cached[0], k.astype(cached[0].dtype), (0, 0, 0, start))
+            v = jax.lax.dynamic_update_slice(cached[1], v.astype(cached[1].dtype), (0, 0, start, 0))
         q = q.reshape(batch, c.kv_heads, groups, length, d)
         logits = jnp.einsum(
-            "bkgqd,bksd->bkgqs", q, k.astype(q.dtype), preferred_element_type=jnp.float32
+            "bkgqd,bkds->bkgqs", q, k.astype(q.dtype), preferred_element_type=jnp.float32
         )
         logits = logits * d**-0.5
         logits = jnp.where(visible[:, None, None], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgqs,bksd->bqkgd", weights, v.astype(q.dtype))
+        out = jnp.einsum("bkgqs,bksd->bkgqd", weights, v.astype(q.dtype))
+        out = out.transpose(0, 3, 1, 2, 4)
         return self.o_proj(out.reshape(batch, length, c.heads * d)), (k, v)
 
 
@@ -209,20 +210,19 @@ class KVCache:
     calls; all rows advance together (prompts are left-padded, so a row's padding is just
     slots that are never ``filled``)."""
 
-    keys: tuple[jax.Array, ...]  # per layer [B, kv_heads, S, head_dim]
-    values: tuple[jax.Array, ...]
+    keys: tuple[jax.Array, ...]  # per layer [B, kv_heads, head_dim, S] (transposed)
+    values: tuple[jax.Array, ...]  # per layer [B, kv_heads, S, head_dim]
     filled: jax.Array  # [B, S] bool: the slot holds a real token
     length: jax.Array  # int32 scalar: slots written so far
 
     @classmethod
     def empty(cls, config: LMConfig, batch: int, size: int, dtype: DTypeLike) -> KVCache:
-        shape = (batch, config.kv_heads, size, config.dim_per_head)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.depth))
-        return cls(zeros, zeros, jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
-
-    @property
-    def size(self) -> int:
-        return self.filled.shape[1]
+        keys = (batch, config.kv_heads, config.dim_per_head, size)
+        values = (batch, config.kv_heads, size, config.dim_per_head)
+        zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(config.depth))
+        return cls(
+            zeros(keys), zeros(values), jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32)
+        )
 
     def repeat(self, times: int) -> KVCache:
         """Each row repeated ``times`` times in place (row b -> rows b*times .. b*times+times-1),
