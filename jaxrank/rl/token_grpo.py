@@ -1,0 +1,56 @@
+"""Token-level GRPO for a language policy trained through LoRA adapters (Region-R1's MLLM
+policy, PAPERS.md §1 and §4).
+
+The trainable parameters are the adapters only; the base weights arrive as the step's
+``frozen``. The reference policy of the KL term is the same model with its adapters zeroed
+(``lora.adapters_off``), so no second copy of the weights exists. Per-token log-probs come from
+a recipe-supplied function of (model, batch), so the same loss serves a text decoder and a
+vision-language model (whose log-probs also run the vision tower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+
+from jaxrank.models.lora import adapters_off, join_lora
+from jaxrank.rl.grpo import GRPOConfig, clipped_policy_loss
+from jaxrank.train_step import LossFn
+
+LogProbs = Callable[[nnx.Module, Any], jax.Array]
+
+
+def make_token_grpo_loss(graphdef: nnx.GraphDef, log_probs: LogProbs, grpo: GRPOConfig) -> LossFn:
+    """``loss_fn(adapters, batch, rng, base)`` for ``train_step.make_train_step``.
+
+    ``log_probs(model, batch)`` returns the completions' per-token log-probs ``[B*G, L]`` (rows
+    prompt-major, as ``rollout.generate`` returns them). ``batch`` holds ``completion_mask``
+    ``[B*G, L]``, ``advantages`` ``[B, G]`` and ``old_log_probs`` ``[B*G, L]`` (the sampler's,
+    from the pre-update policy). The loss is ``clipped_policy_loss`` with ``grpo``'s clip
+    range, KL weight and aggregation; ``rng`` drives the adapters' dropout.
+    """
+
+    def loss_fn(adapters, batch, rng, base):
+        policy = join_lora(graphdef, adapters, base, dropout_key=rng)
+        reference = join_lora(graphdef, adapters_off(adapters), base)
+        advantages = batch["advantages"]
+        shape = (*advantages.shape, -1)  # [B*G, L] -> [B, G, L]
+        logp = log_probs(policy, batch).reshape(shape)
+        ref_logp = jax.lax.stop_gradient(log_probs(reference, batch)).reshape(shape)
+        loss_sum, count, metrics = clipped_policy_loss(
+            logp,
+            batch["old_log_probs"].reshape(shape),
+            ref_logp,
+            advantages,
+            batch["completion_mask"].reshape(shape),
+            eps_low=grpo.eps_low,
+            eps_high=grpo.eps_high,
+            beta=grpo.beta,
+            aggregation=grpo.aggregation,
+        )
+        return loss_sum / count, metrics
+
+    return loss_fn
