@@ -15,9 +15,10 @@ from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
 from jaxrank.models.hf.export import save_pretrained
 from jaxrank.models.hf.export_decoder import save_decoder
 from jaxrank.models.hf.loading import Pretrained, load_pretrained
+from jaxrank.models.hf.placement import PretrainedModule
 from jaxrank.models.hf.preprocessing import ImagePreprocessor
-from jaxrank.models.hf.qwen2 import PretrainedLM, load_causal_lm
-from jaxrank.models.hf.qwen2_vl import PretrainedVLM, load_vlm
+from jaxrank.models.hf.qwen2 import load_causal_lm
+from jaxrank.models.hf.qwen2_vl import load_vlm
 from jaxrank.models.hf.qwen_vision import load_vision_tower
 from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs, VLMBatch
 from jaxrank.models.hf.qwen_vl_processor import QwenVLImageProcessor
@@ -27,8 +28,7 @@ __all__ = [
     "CheckpointMismatch",
     "ImagePreprocessor",
     "Pretrained",
-    "PretrainedLM",
-    "PretrainedVLM",
+    "PretrainedModule",
     "QwenVLImageProcessor",
     "QwenVLInputs",
     "TextTokenizer",

@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 from jax.sharding import Mesh, SingleDeviceSharding
@@ -156,3 +159,48 @@ def load_module(
         loaded += 1
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
     return LoadedModule(nnx.merge(graphdef, state), loaded, tuple(missing), tuple(ignored))
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedModule:
+    """A module loaded from a checkpoint folder, its jaxrank config, and the tensors read."""
+
+    model: nnx.Module
+    config: Any
+    folder: Path
+    loaded: int
+
+
+def load_configured(
+    module_class: Callable[..., nnx.Module],
+    config: Any,
+    rules: dict[ParamPath, Tensor],
+    checkpoint: SafetensorsCheckpoint,
+    expected_names: set[str],
+    *,
+    dtype: DTypeLike,
+    compute_dtype: DTypeLike | None,
+    mesh: Mesh | None,
+    fsdp: bool,
+    seed: int,
+    ignore_unused: bool,
+    what: str,
+) -> PretrainedModule:
+    """``load_module`` for a module built as ``module_class(config, dtype=, param_dtype=,
+    rngs=)``: parameters stored in ``dtype``, computed in ``compute_dtype`` (default ``dtype``),
+    every parameter required from the checkpoint."""
+    dtype = jnp.dtype(dtype)
+    compute = dtype if compute_dtype is None else jnp.dtype(compute_dtype)
+    module = load_module(
+        lambda rngs: module_class(config, dtype=compute, param_dtype=dtype, rngs=rngs),
+        rules,
+        checkpoint,
+        expected_names,
+        mesh=mesh,
+        fsdp=fsdp,
+        seed=seed,
+        ignore_unused=ignore_unused,
+        ignore_missing=False,
+        what=what,
+    )
+    return PretrainedModule(module.model, config, checkpoint.folder, module.loaded)

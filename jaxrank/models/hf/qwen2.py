@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ from jaxrank.models.hf.files import (
     architecture,
     resolve_checkpoint,
 )
-from jaxrank.models.hf.placement import load_module
+from jaxrank.models.hf.placement import PretrainedModule, load_configured
 from jaxrank.models.hf.tensors import LINEAR, Tensor, linear, nest
 from jaxrank.models.lm import CausalLM, LMConfig
 
@@ -87,14 +86,6 @@ def name_map(config: LMConfig, prefix: str = "model.") -> dict:
     return rules
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainedLM:
-    model: CausalLM
-    config: LMConfig
-    folder: Path
-    loaded: int
-
-
 def load_causal_lm(
     source: str | Path,
     *,
@@ -105,26 +96,24 @@ def load_causal_lm(
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
-) -> PretrainedLM:
+) -> PretrainedModule:
     """Load a ``Qwen2ForCausalLM`` folder or hub id (options as ``qwen2_vl.load_vlm``).
     A tied checkpoint may also carry ``lm_head.weight``; it is then the embedding and ignored."""
     folder = resolve_checkpoint(source, revision=revision)
     name = architecture(folder, ARCHITECTURES)
     config = lm_config(folder)
-    dtype = jnp.dtype(dtype)
-    compute = dtype if compute_dtype is None else jnp.dtype(compute_dtype)
     rules = name_map(config)
-    expected = {t.name for t in rules.values()} | {"lm_head.weight"}
-    module = load_module(
-        lambda rngs: CausalLM(config, dtype=compute, param_dtype=dtype, rngs=rngs),
+    return load_configured(
+        CausalLM,
+        config,
         rules,
         SafetensorsCheckpoint(folder),
-        expected,
+        {t.name for t in rules.values()} | {"lm_head.weight"},
+        dtype=dtype,
+        compute_dtype=compute_dtype,
         mesh=mesh,
         fsdp=fsdp,
         seed=seed,
         ignore_unused=ignore_unused,
-        ignore_missing=False,
         what=name,
     )
-    return PretrainedLM(module.model, config, folder, module.loaded)

@@ -8,7 +8,6 @@ Both tensor layouts in circulation load: the hub's original one (``model.layers.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ from jax.sharding import Mesh
 from jax.typing import DTypeLike
 
 from jaxrank.models.hf.files import SafetensorsCheckpoint, architecture, resolve_checkpoint
-from jaxrank.models.hf.placement import load_module
+from jaxrank.models.hf.placement import PretrainedModule, load_configured
 from jaxrank.models.hf.qwen2 import name_map as lm_name_map
 from jaxrank.models.hf.qwen2 import text_config
 from jaxrank.models.hf.qwen_vision import vision_config, vision_name_map, vision_prefix
@@ -45,14 +44,6 @@ def name_map(config: VLMConfig, checkpoint: SafetensorsCheckpoint) -> dict:
     return rules | nest(("visual",), vision_name_map(config.vision, vision_prefix(checkpoint)))
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainedVLM:
-    model: VisionLanguageModel
-    config: VLMConfig
-    folder: Path
-    loaded: int
-
-
 def load_vlm(
     source: str | Path,
     *,
@@ -63,7 +54,7 @@ def load_vlm(
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
-) -> PretrainedVLM:
+) -> PretrainedModule:
     """Load a Qwen2-VL / Qwen2.5-VL folder or hub id: parameters in ``dtype`` (computing in
     ``compute_dtype``, default ``dtype``), each created directly with its sharding on ``mesh``
     (tensor-parallel over its ``model`` axis; ``fsdp`` also splits every parameter over
@@ -71,20 +62,19 @@ def load_vlm(
     folder = resolve_checkpoint(source, revision=revision)
     name = architecture(folder, ARCHITECTURES)
     config = vlm_config(folder)
-    dtype = jnp.dtype(dtype)
-    compute = dtype if compute_dtype is None else jnp.dtype(compute_dtype)
     checkpoint = SafetensorsCheckpoint(folder)
     rules = name_map(config, checkpoint)
-    module = load_module(
-        lambda rngs: VisionLanguageModel(config, dtype=compute, param_dtype=dtype, rngs=rngs),
+    return load_configured(
+        VisionLanguageModel,
+        config,
         rules,
         checkpoint,
         {t.name for t in rules.values()} | {"lm_head.weight"},
+        dtype=dtype,
+        compute_dtype=compute_dtype,
         mesh=mesh,
         fsdp=fsdp,
         seed=seed,
         ignore_unused=ignore_unused,
-        ignore_missing=False,
         what=name,
     )
-    return PretrainedVLM(module.model, config, folder, module.loaded)

@@ -9,7 +9,6 @@ read as three projections so that tensor parallelism splits whole heads.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -18,13 +17,8 @@ from jax.typing import DTypeLike
 
 from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
 from jaxrank.models.hf.family import activation
-from jaxrank.models.hf.files import (
-    CONFIG_FILE,
-    SafetensorsCheckpoint,
-    read_config,
-    resolve_checkpoint,
-)
-from jaxrank.models.hf.placement import load_module
+from jaxrank.models.hf.files import SafetensorsCheckpoint, architecture, resolve_checkpoint
+from jaxrank.models.hf.placement import PretrainedModule, load_configured
 from jaxrank.models.hf.tensors import LINEAR, Tensor, layer_norm, linear, nest
 from jaxrank.models.hf.tensors import Path as ParamPath
 from jaxrank.models.qwen_vision import QwenVisionConfig, QwenVisionTower
@@ -116,52 +110,40 @@ def vision_prefix(checkpoint: SafetensorsCheckpoint) -> str:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainedVisionTower:
-    model: QwenVisionTower
-    config: QwenVisionConfig
-    folder: Path
-    loaded: int
-
-
 def load_vision_tower(
     source: str | Path,
     *,
     dtype: DTypeLike = jnp.float32,
     compute_dtype: DTypeLike | None = None,
     mesh: Mesh | None = None,
+    fsdp: bool = False,
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
-) -> PretrainedVisionTower:
-    """The vision tower of a Qwen2-VL / Qwen2.5-VL folder or hub id, parameters in ``dtype``
-    (computing in ``compute_dtype``, default ``dtype``), each placed with its sharding on
-    ``mesh``. The language model's tensors are skipped; every tower tensor must be used and
-    fit (``ignore_unused`` skips unknown tower tensors too)."""
+) -> PretrainedModule:
+    """The vision tower of a Qwen2-VL / Qwen2.5-VL folder or hub id (options as
+    ``qwen2_vl.load_vlm``). The language model's tensors are skipped; every tower tensor must
+    be used and fit (``ignore_unused`` skips unknown tower tensors too)."""
     folder = resolve_checkpoint(source, revision=revision)
-    names = list(read_config(folder).get("architectures") or [])
-    if not set(names) & set(ARCHITECTURES):
-        raise UnsupportedCheckpoint(
-            f"{folder / CONFIG_FILE}: architectures={names}; expected one of {list(ARCHITECTURES)}"
-        )
+    name = architecture(folder, tuple(ARCHITECTURES))
     from transformers import AutoConfig
 
     config = vision_config(AutoConfig.from_pretrained(folder))
-    dtype = jnp.dtype(dtype)
-    compute = dtype if compute_dtype is None else jnp.dtype(compute_dtype)
     checkpoint = SafetensorsCheckpoint(folder)
     prefix = vision_prefix(checkpoint)
     rules = vision_name_map(config, prefix)
-    language = {name for name in checkpoint if not name.startswith(prefix)}
-    module = load_module(
-        lambda rngs: QwenVisionTower(config, dtype=compute, param_dtype=dtype, rngs=rngs),
+    language = {tensor for tensor in checkpoint if not tensor.startswith(prefix)}
+    return load_configured(
+        QwenVisionTower,
+        config,
         rules,
         checkpoint,
         {t.name for t in rules.values()} | language,
+        dtype=dtype,
+        compute_dtype=compute_dtype,
         mesh=mesh,
+        fsdp=fsdp,
         seed=seed,
         ignore_unused=ignore_unused,
-        ignore_missing=False,
-        what=f"the vision tower of {names[0]}",
+        what=f"the vision tower of {name}",
     )
-    return PretrainedVisionTower(module.model, config, folder, module.loaded)
