@@ -10,6 +10,8 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+from jaxrank.models.hf.qwen_tokenizer import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL
+
 _LETTERS = string.ascii_lowercase
 _WORDS = ("a", "photo", "of", "the", "cat", "dog")
 
@@ -111,26 +113,10 @@ def write_tiny_siglip_tokenizer(folder: str | Path) -> Path:
     return folder
 
 
-# Qwen2-VL: byte-level BPE without merges (every byte its own token) plus Qwen's chat and vision
-# special tokens; a chat template written for these tests in the checkpoints' format.
-QWEN_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def tiny_qwen_tokenizer():
-    """A ``Qwen2Tokenizer`` over the 256 byte symbols, pad ``<|endoftext|>``, eos
-    ``<|im_end|>``, and the chat template above (262 tokens)."""
+    """A ``Qwen2Tokenizer`` over the 256 byte symbols (BPE without merges) plus Qwen's chat and
+    vision special tokens, pad ``<|endoftext|>``, eos ``<|im_end|>``, and the chat template of
+    ``jaxrank.models.hf.qwen_tokenizer`` (262 tokens)."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 

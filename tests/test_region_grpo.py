@@ -170,7 +170,7 @@ def test_judge_centres_groups(advantage):
         8,
     )
     rewards, advantages, _ = region_grpo.judge(
-        scored, actions, batch["labels"], batch["pool_valid"], cfg
+        scored, actions.decision, batch["labels"], batch["pool_valid"], cfg
     )
     np.testing.assert_allclose(np.asarray(advantages).sum(axis=1), 0, atol=1e-5)
     full = np.asarray(actions.decision) == FULL

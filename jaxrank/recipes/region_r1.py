@@ -260,7 +260,16 @@ def evaluate(cfg, graphdef, params, initial, frozen, scorer: Scorer, mesh) -> di
     if cfg.grounding.steps:
         sampled["grounded_policy"] = frozen["ref"]
     policy = policy_fn(graphdef, cfg.policy.image_size)
-    return region_r1_eval.evaluate(cfg, policy, params, sampled, frozen, scorer, query_sets, mesh)
+    return region_r1_eval.evaluate(
+        cfg,
+        region_r1_eval.strategy_names(sampled),
+        region_r1_eval.structured_policy_actions(cfg, policy),
+        {"trained": params, "sampled": sampled},
+        frozen,
+        scorer,
+        query_sets,
+        mesh,
+    )
 
 
 def _info(mesh, **values) -> dict[str, Any]:

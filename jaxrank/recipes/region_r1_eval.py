@@ -9,6 +9,7 @@ size or the device count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +27,50 @@ from jaxrank.rl.sampling import sample_decisions
 BASELINES = ("full", "centre_crop", "random_crop", "oracle_crop")
 POLICY = "policy"
 
+# (policies, batch, per-query keys [B]) -> decisions [B, S] and boxes [B, S, 4] in pixels, one
+# column per policy strategy; traced inside the evaluator's jit.
+PolicyActions = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, jax.Array]]
+
 
 def strategy_names(sampled: dict[str, Any]) -> tuple[str, ...]:
-    """The baselines, the sampled policies (e.g. untrained) in key order, as jit flattens a
-    dict, then the trained policy (greedy)."""
-    return (*BASELINES, *sorted(sampled), POLICY)
+    """The structured policy's strategies: the sampled policies (e.g. untrained) in key order,
+    as jit flattens a dict, then the trained policy (greedy)."""
+    return (*sorted(sampled), POLICY)
 
 
-def _strategy_actions(cfg, policy, params, sampled, batch, key):
-    """Decisions ``[B, S]`` and boxes ``[B, S, 4]`` of every strategy, in ``strategy_names``
-    order; each policy in ``sampled`` takes one action drawn from it."""
-    images, tokens = batch["images"], batch["tokens"]
+def structured_policy_actions(cfg, policy) -> PolicyActions:
+    """``policies = {"trained": params, "sampled": {name: params}}``: each sampled policy takes
+    one action drawn from it, the trained one its mode (``strategy_names`` order)."""
+
+    def actions(policies, batch, keys):
+        images, tokens = batch["images"], batch["tokens"]
+        num_bins = cfg.policy.num_bins
+        trained_decision, trained_bins = mode(policy(policies["trained"], images, tokens))
+
+        def sample_one(k, out):
+            decision_key, box_key = jax.random.split(k)
+            return sample_decisions(decision_key, out.decision_logits, 1)[0], sample_boxes(
+                out, box_key, 1
+            )[0]
+
+        sampled = policies["sampled"]
+        drawn = [
+            jax.vmap(sample_one)(keys, policy(sampled[name], images, tokens))
+            for name in sorted(sampled)
+        ]
+        drawn.append((trained_decision, trained_bins))
+        width = images.shape[2]
+        decisions = jnp.stack([d for d, _ in drawn], axis=1)
+        boxes = jnp.stack([bins_to_boxes(b, width, num_bins) for _, b in drawn], axis=1)
+        return decisions, boxes
+
+    return actions
+
+
+def _baseline_actions(cfg, batch, keys):
+    """Decisions ``[B, 4]`` and boxes ``[B, 4, 4]`` of the ``BASELINES``."""
+    images = batch["images"]
     b, height, width = images.shape[:3]
-    num_bins = cfg.policy.num_bins
-    keys = jax.vmap(lambda row: jax.random.fold_in(key, row))(batch["rows"])
-
-    trained_decision, trained_bins = mode(policy(params, images, tokens))
-
-    def sample_one(k, out):
-        decision_key, box_key = jax.random.split(k)
-        return sample_decisions(decision_key, out.decision_logits, 1)[0], sample_boxes(
-            out, box_key, 1
-        )[0]
-
-    drawn = [
-        jax.vmap(sample_one)(keys, policy(sampled[name], images, tokens))
-        for name in sorted(sampled)
-    ]
     random_box = jax.vmap(
         lambda k: crop_baselines.random_boxes(
             jax.random.fold_in(k, 1), (), height, width, tuple(cfg.eval.random_fraction)
@@ -62,17 +80,19 @@ def _strategy_actions(cfg, policy, params, sampled, batch, key):
     centre = crop_baselines.centre_boxes((b,), height, width, cfg.eval.centre_fraction)
     region = jnp.full((b,), REGION, jnp.int32)
     decisions = [jnp.full((b,), FULL, jnp.int32), region, region, region]
-    decisions += [*(d for d, _ in drawn), trained_decision]
     boxes = [full_box, centre, random_box, batch["boxes"]]
-    boxes += [bins_to_boxes(bins, width, num_bins) for _, bins in [*drawn, (None, trained_bins)]]
     return jnp.stack(decisions, axis=1), jnp.stack(boxes, axis=1)
 
 
-def make_evaluator(cfg, policy, scorer):
+def make_evaluator(cfg, policy_actions: PolicyActions, scorer):
     @jax.jit
-    def evaluate_batch(params, sampled, frozen, batch):
+    def evaluate_batch(policies, frozen, batch):
         key = jax.random.key(cfg.seed)
-        decisions, boxes = _strategy_actions(cfg, policy, params, sampled, batch, key)
+        keys = jax.vmap(lambda row: jax.random.fold_in(key, row))(batch["rows"])
+        base_decisions, base_boxes = _baseline_actions(cfg, batch, keys)
+        policy_decisions, policy_boxes = policy_actions(policies, batch, keys)
+        decisions = jnp.concatenate([base_decisions, policy_decisions], axis=1)
+        boxes = jnp.concatenate([base_boxes, policy_boxes.astype(jnp.float32)], axis=1)
         pool = frozen["kb"][batch["pool_ids"]]
         scored = rerank.score_actions(
             lambda pixels: scorer.embed(frozen["scorer"], pixels),
@@ -126,25 +146,26 @@ def strategy_metrics(
 
 def evaluate(
     cfg: ml_collections.ConfigDict,
-    policy,
-    params: Any,
-    sampled: dict[str, Any],
+    policy_names: tuple[str, ...],
+    policy_actions: PolicyActions,
+    policies: Any,
     frozen: dict[str, Any],
     scorer,
     query_sets: dict[str, dict[str, Any]],
     mesh: jax.sharding.Mesh,
+    batch_keys: tuple[str, ...] = ("tokens",),
 ) -> dict[str, Any]:
-    """Per query set (name -> ``region_r1.query_set``): each strategy's metrics, and the first
-    queries' policy actions for the gallery."""
-    evaluate_batch = make_evaluator(cfg, policy, scorer)
-    names = ("images", "tokens", "boxes", "pool_ids", "rows")
+    """Per query set (name -> ``region_r1.query_set``): each strategy's metrics (the
+    ``BASELINES``, then ``policy_names``, whose actions ``policy_actions`` gives), and the
+    first queries' actions of the last policy for the gallery. ``batch_keys`` are the query
+    set's arrays the policies read besides images, boxes and pools."""
+    evaluate_batch = make_evaluator(cfg, policy_actions, scorer)
+    names = ("images", "boxes", "pool_ids", *batch_keys, "rows")
     results: dict[str, Any] = {}
     for preset, queries in query_sets.items():
         rows = np.arange(len(queries["images"]), dtype=np.int32)
         out = retrieval_eval.embed_in_batches(
-            lambda *arrays: evaluate_batch(
-                params, sampled, frozen, dict(zip(names, arrays, strict=True))
-            ),
+            lambda *arrays: evaluate_batch(policies, frozen, dict(zip(names, arrays, strict=True))),
             [*(queries[k] for k in names[:-1]), rows],
             cfg.eval.batch_size,
             mesh,
@@ -159,7 +180,7 @@ def evaluate(
                 queries["pool_valid"],
                 tuple(cfg.eval.ks),
             )
-            for s, name in enumerate(strategy_names(sampled))
+            for s, name in enumerate((*BASELINES, *policy_names))
         }
         results[preset] = {
             "metrics": per_strategy,

@@ -11,7 +11,7 @@ from jaxrank.rl.grpo import (
     kl_k3,
     rloo_advantages,
 )
-from jaxrank.rl.sampling import sample_balanced_decisions, sample_decisions
+from jaxrank.rl.sampling import sample_balanced_decisions, sample_decisions, slots_to_flip
 
 __all__ = [
     "ADVANTAGES",
@@ -25,4 +25,5 @@ __all__ = [
     "rloo_advantages",
     "sample_balanced_decisions",
     "sample_decisions",
+    "slots_to_flip",
 ]

@@ -95,17 +95,18 @@ def score(
 
 def judge(
     scored: rerank.PoolScores,
-    actions: Actions,
+    decision: jax.Array,
     labels: jax.Array,
     pool_valid: jax.Array,
     config: RegionGRPOConfig,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Rewards ``[B, G]``, advantages ``[B, G]`` and the reward's components."""
+    """Rewards ``[B, G]``, advantages ``[B, G]`` and the reward's components, for the
+    decisions ``[B, G]`` whose crops were ``scored``."""
     rewards, components = region_r1_rewards(
         scored.scores,
         scored.base,
         labels,
-        actions.decision,
+        decision,
         scored.box_valid,
         pool_valid,
         config.reward,
@@ -186,7 +187,7 @@ def rollout_stages(
         return score(embed, batch["images"], actions, pool, num_bins, scorer_size)
 
     def judge_on(scored, actions, batch):
-        return judge(scored, actions, batch["labels"], batch["pool_valid"], config)
+        return judge(scored, actions.decision, batch["labels"], batch["pool_valid"], config)
 
     return RolloutStages(act_on, score_on, judge_on)
 

@@ -92,9 +92,16 @@ def generate(
     settings: SamplingSettings,
     samples_per_prompt: int = 1,
     cache_dtype: DTypeLike | None = None,
+    forced: jax.Array | None = None,
 ) -> Completions:
     """``samples_per_prompt`` completions of every prompt row, rows ordered prompt-major
-    (row b*G + g is sample g of prompt b). Call inside ``jax.jit`` (see ``Sampler``)."""
+    (row b*G + g is sample g of prompt b). Call inside ``jax.jit`` (see ``Sampler``).
+
+    ``forced`` ``[B*G, F]`` int32 writes a prefix instead of sampling it: where
+    ``forced[row, t] >= 0`` the row's token t is that id (its log-prob is still the policy's,
+    so a loss can weigh it); -1 samples as usual. Region-R1's decision balancing uses it to make
+    a completion open with the other decision.
+    """
     new = settings.max_new_tokens
     dtype = cache_dtype or lm.embed_tokens.embedding[...].dtype
     cache = KVCache.empty(lm.config, prompt.batch, prompt.tokens.shape[1] + new, dtype)
@@ -116,6 +123,9 @@ def generate(
     def body(carry):
         t, logits, cache, done, tokens, log_probs = carry
         token = _choose(logits, jax.random.fold_in(rng, t), settings)
+        if forced is not None:
+            prefix = forced[:, jnp.minimum(t, forced.shape[1] - 1)]
+            token = jnp.where((t < forced.shape[1]) & (prefix >= 0), prefix, token)
         live = ~done
         token = jnp.where(live, token, settings.pad_id)
         log_prob = token_log_probs(logits, token, settings.log_prob_temperature)

@@ -49,9 +49,16 @@ def sample_balanced_decisions(
     """
     draw_key, slot_key = jax.random.split(key)
     draws = sample_decisions(draw_key, logits, num_generations)
-    if num_generations < 2:
-        return draws, jnp.zeros(draws.shape, bool)
-    one_sided = jnp.all(draws == draws[..., :1], axis=-1, keepdims=True)
-    slot = jax.random.randint(slot_key, (*draws.shape[:-1], 1), 0, num_generations)
-    forced = one_sided & (jnp.arange(num_generations) == slot)
+    forced = slots_to_flip(slot_key, draws)
     return jnp.where(forced, 1 - draws, draws), forced
+
+
+def slots_to_flip(key: jax.Array, decisions: jax.Array) -> jax.Array:
+    """``[..., G]`` bool: in each group whose decisions are all the same, one slot chosen
+    uniformly at random (none when G < 2). Flipping those slots balances every group."""
+    group = decisions.shape[-1]
+    if group < 2:
+        return jnp.zeros(decisions.shape, bool)
+    one_sided = jnp.all(decisions == decisions[..., :1], axis=-1, keepdims=True)
+    slot = jax.random.randint(key, (*decisions.shape[:-1], 1), 0, group)
+    return one_sided & (jnp.arange(group) == slot)

@@ -28,9 +28,12 @@ def make_token_grpo_loss(graphdef: nnx.GraphDef, log_probs: LogProbs, grpo: GRPO
 
     ``log_probs(model, batch)`` returns the completions' per-token log-probs ``[B*G, L]`` (rows
     prompt-major, as ``rollout.generate`` returns them). ``batch`` holds ``completion_mask``
-    ``[B*G, L]``, ``advantages`` ``[B, G]`` and ``old_log_probs`` ``[B*G, L]`` (the sampler's,
-    from the pre-update policy). The loss is ``clipped_policy_loss`` with ``grpo``'s clip
-    range, KL weight and aggregation; ``rng`` drives the adapters' dropout.
+    ``[B*G, L]``, ``advantages`` ``[B, G]`` and, optionally, ``old_log_probs`` ``[B*G, L]`` (the
+    sampler's, from the pre-update policy); without them the ratio is taken against
+    ``stop_gradient`` of the log-probs (one update per batch: rho = 1, the plain policy
+    gradient, as TRL does with one iteration, whatever the dropout). The loss is
+    ``clipped_policy_loss`` with ``grpo``'s clip range, KL weight and aggregation; ``rng``
+    drives the adapters' dropout.
     """
 
     def loss_fn(adapters, batch, rng, base):
@@ -40,9 +43,11 @@ def make_token_grpo_loss(graphdef: nnx.GraphDef, log_probs: LogProbs, grpo: GRPO
         shape = (*advantages.shape, -1)  # [B*G, L] -> [B, G, L]
         logp = log_probs(policy, batch).reshape(shape)
         ref_logp = jax.lax.stop_gradient(log_probs(reference, batch)).reshape(shape)
+        old = batch.get("old_log_probs")
+        old = jax.lax.stop_gradient(logp) if old is None else old.reshape(shape)
         loss_sum, count, metrics = clipped_policy_loss(
             logp,
-            batch["old_log_probs"].reshape(shape),
+            old,
             ref_logp,
             advantages,
             batch["completion_mask"].reshape(shape),
