@@ -24,6 +24,7 @@ from jaxrank.workdir import WorkdirError
 RECIPES = {
     "contrastive": "jaxrank.recipes.contrastive",
     "region_r1": "jaxrank.recipes.region_r1",
+    "region_r1_mllm": "jaxrank.recipes.region_r1_mllm",
 }
 USER_ERRORS = (
     ConfigError,

@@ -115,6 +115,12 @@ Example call:
 {CALL_OPEN}{{"name": "{TOOL_NAME}", "arguments": {{"bbox_2d": [48, 30, 300, 252], \
 "label": "the bird on the left"}}}}{CALL_CLOSE}"""
 
+# For tiny CPU-trained policies, which cannot read instructions: the same task in one line,
+# so prompts stay short (the paper's prompt is about 300 tokens).
+SHORT_SYSTEM_PROMPT = (
+    f"Crop the query image for retrieval: call {TOOL_NAME} with bbox_2d, or write {NO_CROP}."
+)
+
 _BBOX = re.compile(r'"bbox_2d"\s*:\s*\[([^\]]+)\]')
 _CALL = re.compile(re.escape(CALL_OPEN) + r"(.*?)(?:" + re.escape(CALL_CLOSE) + r"|\Z)", re.S)
 
@@ -131,11 +137,11 @@ class ParsedAction:
     outcome: str
 
 
-def conversation(question: str) -> list[dict]:
+def conversation(question: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
     """The policy's chat messages for one query (the image goes where ``{"type": "image"}`` is),
     in the format ``QwenVLInputs.chat`` renders."""
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system_prompt},
         {
             "role": "user",
             "content": [

@@ -111,6 +111,25 @@ def test_sampled_log_probs_equal_teacher_forced(config):
     assert len({tuple(r) for r in np.asarray(out.tokens)[:4].tolist()}) > 1
 
 
+def test_forced_prefix_is_written_and_scored_by_the_policy():
+    model = _model()
+    prompt = _prompt()
+    settings = SamplingSettings(max_new_tokens=6, temperature=1.0)
+    run = nnx.jit(generate, static_argnums=(3, 4))
+    free = run(model, prompt, jax.random.key(4), settings, 2)
+    forced = np.full((6, 3), -1, np.int32)
+    forced[1] = [17, 18, 19]  # a whole prefix
+    forced[4, 0] = 5  # one token, then sampling resumes
+    out = run(model, prompt, jax.random.key(4), settings, 2, None, jnp.asarray(forced))
+    tokens = np.asarray(out.tokens)
+    np.testing.assert_array_equal(tokens[1, :3], [17, 18, 19])
+    assert tokens[4, 0] == 5
+    untouched = [0, 2, 3, 5]  # same key: rows without a prefix sample exactly as before
+    np.testing.assert_array_equal(tokens[untouched], np.asarray(free.tokens)[untouched])
+    recomputed, _ = completion_log_probs(model, prompt.repeat(2), out.tokens, out.mask)
+    np.testing.assert_allclose(out.log_probs, recomputed, atol=2e-5)
+
+
 def test_stop_tokens_end_a_row_and_pad_after():
     model = _model()
     prompt = _prompt()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrank.rl import sample_balanced_decisions, sample_decisions
+from jaxrank.rl import sample_balanced_decisions, sample_decisions, slots_to_flip
 
 # Queries from "always FULL" to "always REGION", and one even.
 LOGITS = jnp.array([[12.0, -12.0], [2.0, 0.0], [0.0, 0.0], [-1.0, 1.0], [-12.0, 12.0]])
@@ -91,3 +91,10 @@ def test_extra_leading_dims_and_bad_logits():
     assert decisions.shape == forced.shape == (1, 5, 3)
     with pytest.raises(ValueError, match=r"\[\.\.\., 2\]"):
         sample_decisions(jax.random.key(0), jnp.zeros((4, 3)), 2)
+
+
+def test_slots_to_flip_one_per_one_sided_group():
+    decisions = jnp.asarray([[0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0], [1, 0, 1, 1]])
+    flip = np.asarray(slots_to_flip(jax.random.key(0), decisions))
+    np.testing.assert_array_equal(flip.sum(axis=1), [1, 1, 0, 0])
+    assert not slots_to_flip(jax.random.key(0), decisions[:, :1]).any()  # G = 1

@@ -112,15 +112,17 @@ def query_set(
     questions = [q for p in parts for q in p["questions"]]
     embeddings = scorer.full_image_embeddings(images, cfg.eval.batch_size, mesh)
     pools = scorer.index.search(embeddings, cfg.data.pool_size).ids
-    return {
+    queries = {
         "images": images,
-        "tokens": world_vocabulary().encode(questions, cfg.policy.max_len),
         "boxes": np.concatenate([p["boxes"] for p in parts]).astype(np.float32),
         "pool_ids": np.maximum(pools, 0).astype(np.int32),
         "labels": (pools == entity[:, None]).astype(np.float32),
         "pool_valid": pools >= 0,
         "questions": questions,
     }
+    if "max_len" in cfg.policy:  # the structured policy reads the question's word ids
+        queries["tokens"] = world_vocabulary().encode(questions, cfg.policy.max_len)
+    return queries
 
 
 TRAIN_KEYS = ("images", "tokens", "boxes", "pool_ids", "labels", "pool_valid")

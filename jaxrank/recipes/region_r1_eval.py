@@ -228,7 +228,11 @@ def _gallery(path: Path, preset: str, gallery: dict[str, Any]) -> Path:
 
 
 def write_report(
-    workdir: Path, cfg: ml_collections.ConfigDict, results: dict[str, Any], info: dict[str, Any]
+    workdir: Path,
+    cfg: ml_collections.ConfigDict,
+    results: dict[str, Any],
+    info: dict[str, Any],
+    title: str = "Region-R1 on the synthetic world",
 ) -> None:
     """report.json, report.md (a table per preset), training curves, bars and galleries."""
     plots = [
@@ -255,7 +259,7 @@ def write_report(
     metrics_only = {preset: r["metrics"] for preset, r in results.items()}
     profile = info["step_profile"]
     lines = [
-        "# Region-R1 on the synthetic world",
+        f"# {title}",
         "",
         f"{cfg.eval.num_queries} held-out queries per preset; first-stage pools of "
         f"K={cfg.data.pool_size}; policy trained {info['steps']} r-GRPO steps (batch "

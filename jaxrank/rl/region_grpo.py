@@ -114,6 +114,42 @@ def judge(
     return rewards, compute_advantages(rewards, config.grpo.advantage), components
 
 
+def action_metrics(
+    decision: jax.Array,
+    boxes: jax.Array,
+    scored: rerank.PoolScores,
+    rewards: jax.Array,
+    components: dict[str, jax.Array],
+    labels: jax.Array,
+    pool_valid: jax.Array,
+    true_boxes: jax.Array,
+) -> dict[str, jax.Array]:
+    """Scalars for the training log of any crop policy's actions (decisions ``[B, G]``, pixel
+    boxes ``[B, G, 4]``): reward, decisions, ranking quality of the actions, and how well
+    REGION boxes cover the ground truth."""
+    region = decision == REGION
+    scored_region = region & scored.box_valid
+    in_pool = metrics.has_positive(labels, pool_valid)  # [B]
+    shape = scored.scores.shape
+    hit = metrics.recall_at_k(
+        scored.scores,
+        jnp.broadcast_to(labels[:, None], shape),
+        1,
+        jnp.broadcast_to(pool_valid[:, None], shape),
+    )
+    base_hit = metrics.recall_at_k(scored.base, labels, 1, pool_valid)
+    iou = imaging.box_iou(boxes, true_boxes[:, None])
+    return {
+        "reward": rewards.mean(),
+        "region_rate": region.mean(),
+        "invalid_box_rate": metrics.masked_mean(~scored.box_valid, region),
+        "cond_r1": metrics.masked_mean(hit, jnp.broadcast_to(in_pool[:, None], hit.shape)),
+        "full_cond_r1": metrics.masked_mean(base_hit, in_pool),
+        "region_iou": metrics.masked_mean(iou, scored_region),
+        **{name: metrics.masked_mean(value, scored_region) for name, value in components.items()},
+    }
+
+
 def rollout_metrics(
     out: PolicyOutput,
     actions: Actions,
@@ -126,32 +162,12 @@ def rollout_metrics(
     num_bins: int,
     image_size: int,
 ) -> dict[str, jax.Array]:
-    """Scalars for the training log: reward, decisions, ranking quality of the sampled
-    actions, and how well REGION boxes cover the ground truth."""
-    region = actions.decision == REGION
-    scored_region = region & scored.box_valid
-    in_pool = metrics.has_positive(labels, pool_valid)  # [B]
-    shape = scored.scores.shape
-    hit = metrics.recall_at_k(
-        scored.scores,
-        jnp.broadcast_to(labels[:, None], shape),
-        1,
-        jnp.broadcast_to(pool_valid[:, None], shape),
-    )
-    base_hit = metrics.recall_at_k(scored.base, labels, 1, pool_valid)
+    """``action_metrics`` of the structured policy's actions, its entropy and forced rate."""
     boxes = bins_to_boxes(actions.bins, image_size, num_bins)
-    iou = imaging.box_iou(boxes, true_boxes[:, None])
-    return {
-        "reward": rewards.mean(),
-        "region_rate": region.mean(),
-        "invalid_box_rate": metrics.masked_mean(~scored.box_valid, region),
-        "forced_rate": actions.forced.mean(),
-        "cond_r1": metrics.masked_mean(hit, jnp.broadcast_to(in_pool[:, None], hit.shape)),
-        "full_cond_r1": metrics.masked_mean(base_hit, in_pool),
-        "region_iou": metrics.masked_mean(iou, scored_region),
-        "entropy": entropy(out).mean(),
-        **{name: metrics.masked_mean(value, scored_region) for name, value in components.items()},
-    }
+    logged = action_metrics(
+        actions.decision, boxes, scored, rewards, components, labels, pool_valid, true_boxes
+    )
+    return {**logged, "forced_rate": actions.forced.mean(), "entropy": entropy(out).mean()}
 
 
 class RolloutStages(NamedTuple):

@@ -2,10 +2,11 @@
 completions per image+text prompt, and score given completions (teacher forcing) under any
 adapters: the trained ones, or zeroed ones for the reference policy.
 
-A batch is a dict of ``tokens`` ``[B, P]``, ``mask`` ``[B, P]``, ``positions`` ``[3, B, P]``
-(``QwenVLInputs.batch``) and ``patches`` ``[B, n, d]``: each row's image patches, so that a
-batch shards over ``data`` by rows. All images of a batch share one patch grid (``grids``,
-static), which is what lets the programs compile once: recipes resize query images to one size.
+A batch is a dict of ``tokens`` ``[B, P]``, ``mask`` ``[B, P]``, ``positions`` ``[B, 3, P]``
+(``QwenVLInputs.batch``'s M-RoPE positions, rows first) and ``patches`` ``[B, n, d]`` (each
+row's image patches): every leaf has the rows first, so a batch shards over ``data`` by rows.
+All images of a batch share one patch grid (``grid``, static), which is what lets the programs
+compile once: recipes resize query images to one size.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def vlm_prompt(model: VisionLanguageModel, batch: dict[str, Any], grid: Grid) ->
     return model.prompt(
         batch["tokens"],
         batch["mask"],
-        batch["positions"],
+        batch["positions"].transpose(1, 0, 2),
         patches.reshape(-1, patches.shape[-1]),
         grids,
     )
