@@ -29,6 +29,7 @@ from flax import nnx
 
 from jaxrank import crop_tool, parallel, rerank
 from jaxrank.checkpoint import Checkpointer
+from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
 from jaxrank.models.lora import LoRAConfig, adapters_off, apply_lora, split_lora
 from jaxrank.optim import adamw_warmup_cosine
@@ -370,6 +371,13 @@ def _finished(cfg, workdir: Path) -> bool:
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Every stage, each resumed from its checkpoints, then the evaluation and report."""
+    benchmark = cfg.data.get("benchmark", "synthetic")
+    if benchmark != "synthetic":
+        raise ConfigError(
+            f"data.benchmark={benchmark!r}: this recipe reads only the synthetic world so far; "
+            "the E-VQA / InfoSeek readers and a pretrained scorer come with the data issue "
+            "(configs/region_r1/evqa.py documents the paper's setting)"
+        )
     workdir = prepare_workdir(workdir, cfg)
     started = time.perf_counter()
     mesh = parallel.mesh_from_config(cfg.mesh)
