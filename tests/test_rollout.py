@@ -102,10 +102,16 @@ def test_sampled_log_probs_equal_teacher_forced(config):
     )
     out = nnx.jit(generate, static_argnums=(3, 4))(model, prompt, jax.random.key(2), settings, 4)
     assert out.tokens.shape == (12, 6)
-    recomputed, _ = completion_log_probs(
+    recomputed, hidden = completion_log_probs(
         model, prompt.repeat(4), out.tokens, out.mask, settings.temperature
     )
     np.testing.assert_allclose(out.log_probs, recomputed, atol=2e-5)
+    # The shared prefix (prompt once, cache repeated) computes the same thing.
+    shared, shared_hidden = completion_log_probs(
+        model, prompt, out.tokens, out.mask, settings.temperature, group=4
+    )
+    np.testing.assert_allclose(shared, recomputed, atol=2e-5)
+    np.testing.assert_allclose(shared_hidden, hidden, atol=2e-5)
     assert np.all(np.asarray(out.log_probs)[np.asarray(out.mask)] < 0)
     # Four samples of one prompt differ (temperature > 0).
     assert len({tuple(r) for r in np.asarray(out.tokens)[:4].tolist()}) > 1

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
             "checkpoint": "",  # "" = the tiny random policy below
             "dtype": "float32",
             "image_size": 96,  # queries are resized to this square for the policy
-            "max_new_tokens": 48,
+            "max_new_tokens": 40,
             # crop_tool.SHORT_SYSTEM_PROMPT instead of the paper's (~300 tokens): a random tiny
             # model cannot read instructions, and it keeps CPU prompts ~4x shorter.
             "short_system_prompt": True,

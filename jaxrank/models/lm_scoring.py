@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrank.models.lm import CausalLM
+from jaxrank.models.lm import CausalLM, KVCache
 from jaxrank.models.lm_prompt import Prompt
 
 
@@ -25,10 +25,49 @@ def completion_log_probs(
     completion: jax.Array,
     completion_mask: jax.Array,
     temperature: float = 1.0,
+    *,
+    group: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
-    """Log-probs [B, N] of ``completion`` [B, N] following ``prompt`` (0 where the mask is off)
-    and the completion's hidden states [B, N, W]. Uses the same positions and temperature as
-    ``jaxrank.rl.rollout.generate``, so the two agree on what a sampled token's log-prob is."""
+    """Log-probs [R, N] of ``completion`` [R, N] following ``prompt`` (0 where the mask is off)
+    and the completion's hidden states [R, N, W]. Uses the same positions and temperature as
+    ``jaxrank.rl.rollout.generate``, so the two agree on what a sampled token's log-prob is.
+
+    ``group`` = G > 1: ``prompt`` has B = R / G rows, each followed by G completions (rows
+    prompt-major, as the sampler returns them). The prompt then runs once and its key/value
+    cache is repeated G times, so GRPO's loss pays for B prompts, not B * G.
+    """
+    rows, length = completion.shape
+    if rows != prompt.batch * group:
+        raise ValueError(f"{rows} completions for {prompt.batch} prompts x group {group}")
+    if group == 1:
+        return _full_sequence(lm, prompt, completion, completion_mask, temperature)
+    dtype = lm.embed_tokens.embedding[...].dtype if prompt.embeddings is None else None
+    dtype = dtype or prompt.embeddings.dtype
+    cache = KVCache.empty(lm.config, prompt.batch, prompt.tokens.shape[1] + length, dtype)
+    head = lm(
+        prompt.tokens,
+        prompt.mask,
+        prompt.positions,
+        embeddings=prompt.embeddings,
+        cache=cache,
+        compute_logits=False,
+    )
+    repeated = prompt.repeat(group)
+    tail = lm(
+        completion,
+        completion_mask,
+        repeated.generated_positions(length),
+        cache=head.cache.repeat(group),
+        compute_logits=False,
+    )
+    first = jnp.repeat(head.hidden[:, -1:], group, axis=0)  # predicts the first token
+    predicting = jnp.concatenate([first, tail.hidden[:, :-1]], axis=1)
+    log_probs = token_log_probs(lm.logits(predicting), completion, temperature)
+    return jnp.where(completion_mask, log_probs, 0.0), tail.hidden
+
+
+def _full_sequence(lm, prompt, completion, completion_mask, temperature):
+    """Teacher forcing over prompt + completion in one pass."""
     length = completion.shape[1]
     tokens = jnp.concatenate([prompt.tokens, completion.astype(jnp.int32)], axis=1)
     mask = jnp.concatenate([prompt.mask, completion_mask.astype(bool)], axis=1)

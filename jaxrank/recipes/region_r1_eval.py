@@ -275,7 +275,7 @@ def write_report(
             "",
         ]
     lines += [
-        "## Step time (ms, each part jitted alone)",
+        "## Step time (ms per part of the step)",
         "",
         report.table([profile], list(profile)),
         "",

@@ -202,8 +202,9 @@ class GRPOStep:
         loss = make_token_grpo_loss(graphdef, log_probs, self.rl.grpo)
         self.update = jax.jit(make_train_step(loss, optimizer), donate_argnums=0)
         self.seconds = dict.fromkeys(("rollout", "parse", "reward", "update"), 0.0)
-        self.steps = 0
+        self.steps = 0  # timed steps: every step after the first (which compiles)
         self.tokens = 0
+        self.first_step_seconds = 0.0
 
     def _timed(self, part: str, fn, *args):
         started = time.perf_counter()
@@ -274,18 +275,24 @@ class GRPOStep:
             advantages=advantages,
         )
         state, metrics = self._timed("update", self.update, state, update_batch, frozen["base"])
-        self.steps += 1
-        self.tokens += int(mask.sum())
+        if not self.first_step_seconds:  # compilation: kept apart from the step profile
+            self.first_step_seconds = sum(self.seconds.values())
+            self.seconds = dict.fromkeys(self.seconds, 0.0)
+        else:
+            self.steps += 1
+            self.tokens += int(mask.sum())
         total = sum(counts.values())
         outcomes = {f"outcome/{k}": v / total for k, v in counts.items()}
         extra = {"forced_rate": flip.mean(), "completion_tokens": mask.sum(axis=1).mean()}
         return state, {**logged, **metrics, **outcomes, **extra}
 
     def profile(self) -> dict[str, float]:
-        """Mean milliseconds per step of each part, and generated tokens per second."""
+        """Mean milliseconds per step of each part (after the first step, which compiles),
+        generated tokens per second of sampling, and the first step's seconds."""
         steps = max(self.steps, 1)
         out = {f"{part}_ms": 1000 * s / steps for part, s in self.seconds.items()}
         out["generated_tokens_per_s"] = self.tokens / max(self.seconds["rollout"], 1e-9)
+        out["first_step_s"] = self.first_step_seconds
         return out
 
 

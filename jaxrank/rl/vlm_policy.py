@@ -65,16 +65,17 @@ def completion_log_probs_fn(
 ) -> Callable[[VisionLanguageModel, dict[str, Any]], jax.Array]:
     """``log_probs(model, batch) -> [B*G, N]`` of ``batch["completion"]`` (masked by
     ``batch["completion_mask"]``) after each prompt row repeated G times: what
-    ``token_grpo.make_token_grpo_loss`` takes. The vision tower runs once per prompt."""
+    ``token_grpo.make_token_grpo_loss`` takes. The vision tower and the prompt run once per
+    prompt (``completion_log_probs``'s shared prefix)."""
 
     def log_probs(model, batch):
-        prompt = vlm_prompt(model, batch, grid).repeat(group)
         logp, _ = completion_log_probs(
             model.language_model,
-            prompt,
+            vlm_prompt(model, batch, grid),
             batch["completion"],
             batch["completion_mask"],
             temperature,
+            group=group,
         )
         return logp
 
