@@ -62,7 +62,8 @@ def _config(args: argparse.Namespace, extra: Sequence[str]):
     return apply_overrides(load_config_file(path, arg or None), _split_overrides(extra))
 
 
-def _recipe(cfg):
+def recipe_module(cfg):
+    """The module (``train_and_evaluate``, ``evaluate_workdir``) of the config's recipe."""
     name = cfg.get("recipe", None)
     if name not in RECIPES:
         raise ConfigError(f"config key 'recipe' is {name!r}; expected one of {sorted(RECIPES)}")
@@ -71,12 +72,12 @@ def _recipe(cfg):
 
 def _train(args, extra) -> None:
     cfg = _config(args, extra)
-    _recipe(cfg).train_and_evaluate(cfg, args.workdir)
+    recipe_module(cfg).train_and_evaluate(cfg, args.workdir)
 
 
 def _evaluate(args, extra) -> None:
     cfg = _config(args, extra)
-    _recipe(cfg).evaluate_workdir(cfg, args.workdir)
+    recipe_module(cfg).evaluate_workdir(cfg, args.workdir)
 
 
 def _gallery(args, extra) -> None:

@@ -3,9 +3,15 @@
     .venv/bin/python scripts/region_r1_sweep.py --scorer runs/default/scorer \
         --out docs/bench/region_r1_seeds.json
 
+    .venv/bin/python scripts/region_r1_sweep.py --config configs/region_r1/mllm_synthetic.py \
+        --scorer runs/default/scorer --balanced true --root runs/mllm_sweep \
+        --override warm_start_workdir=runs/mllm_warm --out docs/bench/region_r1_mllm_seeds.json
+
 Every run shares one finished scorer (the main job's), so runs differ only in the policy's
-seed (initialisation, grounding batches, sampling) and in balancing. Each run is an ordinary
-run folder under --root, resumed if it exists. Prints a table and writes JSON.
+seed (initialisation, grounding batches, sampling) and in balancing; the vision-language
+recipe's runs also share one warm start (``warm_start_workdir``, trained by the first run if
+it is not finished). Each run is an ordinary run folder under --root, resumed if it exists.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -20,11 +26,18 @@ from pathlib import Path
 
 import jax
 
-from jaxrank import report
+from jaxrank import cli, report
 from jaxrank.configs import apply_overrides, load_config_file
-from jaxrank.recipes import region_r1
 
-STRATEGIES = ("full", "centre_crop", "random_crop", "oracle_crop", "grounded_policy", "policy")
+STRATEGIES = (
+    "full",
+    "centre_crop",
+    "random_crop",
+    "oracle_crop",
+    "grounded_policy",
+    "warm_start_policy",
+    "policy",
+)
 
 
 def run_one(args, seed: int, balanced: bool) -> dict:
@@ -37,7 +50,7 @@ def run_one(args, seed: int, balanced: bool) -> dict:
     cfg = apply_overrides(load_config_file(args.config), overrides)
     workdir = Path(args.root) / f"seed{seed}_{'balanced' if balanced else 'unbalanced'}"
     started = time.perf_counter()
-    results = region_r1.train_and_evaluate(cfg, workdir)
+    results = cli.recipe_module(cfg).train_and_evaluate(cfg, workdir)
     train = json.loads((workdir / "report.json").read_text())["train"]
     return {
         "seed": seed,
@@ -54,9 +67,9 @@ def run_one(args, seed: int, balanced: bool) -> dict:
 
 def summary_rows(runs: list[dict], preset: str) -> list[dict]:
     rows = []
-    for balanced in (True, False):
+    for balanced in sorted({r["balanced"] for r in runs}, reverse=True):
         chosen = [r for r in runs if r["balanced"] == balanced]
-        for name in STRATEGIES:
+        for name in (s for s in STRATEGIES if s in chosen[0]["metrics"][preset]):
             values = [r["metrics"][preset][name]["cond_recall@1"] for r in chosen]
             crops = [r["metrics"][preset][name]["crop_rate"] for r in chosen]
             rows.append(
@@ -80,10 +93,14 @@ def main() -> None:
     parser.add_argument("--root", default="runs/sweep", help="parent of the run folders")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--override", nargs="*", default=[], help="extra a.b=v overrides")
+    parser.add_argument(
+        "--balanced", nargs="+", default=["true", "false"], choices=["true", "false"]
+    )
     args = parser.parse_args()
     Path(args.root).mkdir(parents=True, exist_ok=True)
 
-    runs = [run_one(args, seed, balanced) for balanced in (True, False) for seed in args.seeds]
+    modes = [value == "true" for value in args.balanced]
+    runs = [run_one(args, seed, balanced) for balanced in modes for seed in args.seeds]
     presets = list(runs[0]["metrics"])
     columns = ["balanced", "strategy", "CondR@1 mean", "CondR@1 std", "per seed", "crop rate"]
     for preset in presets:

@@ -148,3 +148,65 @@ def test_sharded_step_equals_single_device(base):
     assert min(moved) > 1e-6  # every adapter got a gradient
     for a, b in zip(jax.tree.leaves(adapters_1), jax.tree.leaves(adapters_8), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def _colour_embed(params, pixels):
+    del params
+    mean = pixels.mean(axis=(1, 2)) / 255.0 - 0.4
+    return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+class _ColourScorer:
+    """A stand-in for the frozen scorer: mean colour (the step, not the scorer, is tested)."""
+
+    embed = staticmethod(_colour_embed)
+    input_size = 8
+
+
+def _step_inputs(base):
+    cfg = _cfg()
+    cfg.rl = {
+        "num_generations": G,
+        "advantage": "dr_grpo",
+        "eps_low": 0.2,
+        "eps_high": 0.2,
+        "beta": 0.1,
+        "aggregation": "seq_mean",
+        "updates_per_batch": 1,
+        "balanced": True,
+        "forced_in_loss": True,
+    }
+    cfg.reward = {"weights": (0.2, 0.2, 0.2, 0.4), "floor": -0.05, "scale": 5.0}
+    cfg.reward.invalid_reward = -1.0
+    mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
+    graphdef, adapters, rest, _ = _update_inputs(base)
+    optimizer = optax.adam(1e-2)
+    step = region_r1_mllm.GRPOStep(cfg, base, graphdef, _ColourScorer(), optimizer, QUESTIONS, mesh)
+    pool = np.array([[1.0, 1.0, 1.0], [0.6, -0.4, -0.4], [-0.4, -0.4, 0.6]], np.float32)
+    frozen = {"kb": jnp.asarray(pool), "scorer": None, "base": rest}
+    batch = {
+        "images": _images(),
+        "boxes": np.tile(np.asarray([[0, 0, 48, 48]], np.float32), (B, 1)),
+        "pool_ids": np.tile(np.arange(3, dtype=np.int32), (B, 1)),
+        "labels": np.tile(np.asarray([[0, 1, 0]], np.float32), (B, 1)),
+        "pool_valid": np.ones((B, 3), bool),
+        "rows": np.arange(B, dtype=np.int32),
+    }
+    return step, TrainState.create(adapters, optimizer, 0), batch, frozen
+
+
+def test_grpo_step_is_a_function_of_the_state(base):
+    """Every draw is keyed by the state's rng and step: the same state gives the same update
+    (what exact resumption needs), and a one-sided group gets its forced slot."""
+    step, state, batch, frozen = _step_inputs(base)
+    copy = jax.tree.map(jnp.copy, state)
+    first, metrics = step(state, batch, frozen)
+    again, metrics_again = step(copy, batch, frozen)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert metrics["loss"] == metrics_again["loss"]
+    # The random tiny model writes no tool call: every group is all FULL, so one slot per
+    # group opens with <tool_call> instead.
+    assert metrics["outcome/no_tool_call"] + metrics["outcome/no_crop"] == 1.0
+    assert metrics["forced_rate"] == 1 / G
+    assert int(first.step) == 1

@@ -34,7 +34,12 @@ from jaxrank.data.arrays import array_batches
 from jaxrank.models.lora import LoRAConfig, adapters_off, apply_lora, split_lora
 from jaxrank.optim import adamw_warmup_cosine
 from jaxrank.recipes import region_r1, region_r1_eval
-from jaxrank.recipes.mllm_crop_policy import CropPolicyBase, build_base, completion_text
+from jaxrank.recipes.mllm_crop_policy import (
+    BASE_DIR,
+    CropPolicyBase,
+    build_base,
+    completion_text,
+)
 from jaxrank.rl import region_grpo, vlm_policy
 from jaxrank.rl.rollout import SamplingSettings
 from jaxrank.rl.sampling import slots_to_flip
@@ -390,10 +395,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     mesh = parallel.mesh_from_config(cfg.mesh)
     scorer = region_r1.Scorer(cfg, workdir, mesh)
     finished = _finished(cfg, workdir)
-    train = None if finished and (workdir / "sft").exists() else _train_queries(cfg, scorer, mesh)
-    questions = train["questions"] if train else []
     # The warm start may live in another run (like the scorer), so RL seeds can share it.
     source = Path(cfg.warm_start_workdir) if cfg.warm_start_workdir else workdir
+    needs_queries = not (finished and (source / BASE_DIR).exists())
+    train = _train_queries(cfg, scorer, mesh) if needs_queries else None
+    questions = train["questions"] if train else []
     base = build_base(cfg, source, questions, mesh)
     sft_started = time.perf_counter()
     graphdef, params = warm_start(cfg, source, base, train, mesh)
