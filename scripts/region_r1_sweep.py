@@ -10,8 +10,8 @@
 Every run shares one finished scorer (the main job's), so runs differ only in the policy's
 seed (initialisation, grounding batches, sampling) and in balancing; the vision-language
 recipe's runs also share one warm start (``warm_start_workdir``, trained by the first run if
-it is not finished). Each run is an ordinary run folder under --root, resumed if it exists.
-Prints a table and writes JSON.
+it is not finished). Each run is an ordinary run folder under --root, resumed if it exists and
+read back if it holds its report. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import jax
 
 from jaxrank import cli, report
 from jaxrank.configs import apply_overrides, load_config_file
+from jaxrank.workdir import prepare_workdir
 
 STRATEGIES = (
     "full",
@@ -50,7 +51,16 @@ def run_one(args, seed: int, balanced: bool) -> dict:
     cfg = apply_overrides(load_config_file(args.config), overrides)
     workdir = Path(args.root) / f"seed{seed}_{'balanced' if balanced else 'unbalanced'}"
     started = time.perf_counter()
-    results = cli.recipe_module(cfg).train_and_evaluate(cfg, workdir)
+    if (workdir / "report.json").exists():  # written last: the run finished; read it back
+        prepare_workdir(workdir, cfg)  # with this very config
+        results = {
+            preset: {"metrics": metrics}
+            for preset, metrics in json.loads((workdir / "report.json").read_text())[
+                "evaluation"
+            ].items()
+        }
+    else:
+        results = cli.recipe_module(cfg).train_and_evaluate(cfg, workdir)
     train = json.loads((workdir / "report.json").read_text())["train"]
     return {
         "seed": seed,

@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.lora = ml_collections.ConfigDict(
         {"rank": 8, "alpha": 32.0, "dropout": 0.0, "targets": "all-linear"}
     )
-    c.train.steps = 150
+    c.train.steps = 120
     c.train.batch_size = 16
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 10
