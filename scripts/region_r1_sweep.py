@@ -75,6 +75,26 @@ def run_one(args, seed: int, balanced: bool) -> dict:
     }
 
 
+def pooled(metrics: dict[str, dict], name: str, key: str, weight: str) -> float:
+    """``key`` of strategy ``name`` over the union of the presets' queries (each preset's
+    value weighted by its ``weight`` count)."""
+    total = sum(m[name][weight] for m in metrics.values())
+    return sum(m[name][key] * m[name][weight] for m in metrics.values()) / total
+
+
+def with_all_presets(run: dict) -> dict:
+    """The run's metrics plus ``all``: CondR@1 and crop rate over every held-out query."""
+    metrics = run["metrics"]
+    union = {
+        name: {
+            "cond_recall@1": pooled(metrics, name, "cond_recall@1", "num_with_positive"),
+            "crop_rate": pooled(metrics, name, "crop_rate", "num_queries"),
+        }
+        for name in next(iter(metrics.values()))
+    }
+    return dict(run, metrics={**metrics, "all": union})
+
+
 def summary_rows(runs: list[dict], preset: str) -> list[dict]:
     rows = []
     for balanced in sorted({r["balanced"] for r in runs}, reverse=True):
@@ -111,6 +131,7 @@ def main() -> None:
 
     modes = [value == "true" for value in args.balanced]
     runs = [run_one(args, seed, balanced) for balanced in modes for seed in args.seeds]
+    runs = [with_all_presets(run) for run in runs]
     presets = list(runs[0]["metrics"])
     columns = ["balanced", "strategy", "CondR@1 mean", "CondR@1 std", "per seed", "crop rate"]
     for preset in presets:
