@@ -2,7 +2,6 @@
 
 import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from fast_xla import fast_compile, subprocess_env
 from flax import nnx
 
 from jaxrank import cli, parallel
@@ -41,6 +41,7 @@ def tiny_config(*extra):
     return apply_overrides(load_config_file(CONFIG), [*TINY, *extra])
 
 
+@fast_compile()  # its time is almost all compilation (init, step)
 def one_step(cfg, mesh):
     world = contrastive.build_world(cfg)
     model = contrastive.build_model(cfg, mesh)
@@ -89,17 +90,18 @@ def test_cli_unknown_key_and_missing_parent(capsys, tmp_path):
 
 def test_cli_nan_loss_stops_with_message(capsys, tmp_path):
     overrides = [f"--config.{o}" for o in TINY]
-    code, err = run_cli(
-        capsys,
-        "--workdir",
-        str(tmp_path / "r"),
-        *overrides,
-        "--config.train.steps=20",
-        "--config.train.log_every=5",
-        "--config.train.checkpoint_every=5",
-        "--config.train.learning_rate=1e38",
-        "--config.train.grad_clip=1e38",
-    )
+    with fast_compile():  # its time is almost all compilation
+        code, err = run_cli(
+            capsys,
+            "--workdir",
+            str(tmp_path / "r"),
+            *overrides,
+            "--config.train.steps=20",
+            "--config.train.log_every=5",
+            "--config.train.checkpoint_every=5",
+            "--config.train.learning_rate=1e38",
+            "--config.train.grad_clip=1e38",
+        )
     assert code == 2 and "became NaN/inf" in err and "Last good checkpoint" in err
 
 
@@ -114,7 +116,7 @@ def _train_cmd(workdir, steps):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_same_results(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = subprocess_env(tmp_path / "xla_cache")  # shared by the three runs
     steps = 30
     subprocess.run(_train_cmd(tmp_path / "straight", steps), env=env, check=True, timeout=600)
 

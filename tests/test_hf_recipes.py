@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fast_xla import fast_compile
 from flax import nnx
 from hf_checkpoints import tiny_checkpoint
 from test_contrastive_recipe import CONFIG, ROOT, TINY
@@ -89,13 +90,14 @@ def test_config_with_pretrained_encoder_embeds_like_transformers(clip_folder):
 def test_fine_tuning_starts_from_the_checkpoint(clip_folder, tmp_path):
     folder, _ = clip_folder
     cfg = _pretrained_config(folder, "train.steps=3", "train.checkpoint_every=3")
-    results = contrastive.train_and_evaluate(cfg, tmp_path / "run")
+    with fast_compile():  # almost all compilation: the 8-device step, evaluation, loading
+        results = contrastive.train_and_evaluate(cfg, tmp_path / "run")
+        _, _, trained = contrastive.restore(cfg, tmp_path / "run")
+        start = nnx.state(load_pretrained(folder).model, nnx.Param)
     assert 0.0 <= results["default"]["full"]["pair"]["recall@1"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
 
-    _, _, trained = contrastive.restore(cfg, tmp_path / "run")
-    start = nnx.state(load_pretrained(folder).model, nnx.Param)
     moved = jax.tree.map(
         lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
         nnx.to_pure_dict(trained),
@@ -121,8 +123,9 @@ def test_zero_step_run_serves_the_checkpoint_as_a_frozen_scorer(clip_folder, tmp
     cfg = load_config_file(ROOT / "configs" / "region_r1" / "synthetic.py")
     cfg.scorer = _pretrained_config(folder, "train.steps=0")
     mesh = parallel.make_mesh()
-    scorer = region_r1.Scorer(cfg, tmp_path, mesh)
-    start = nnx.to_pure_dict(nnx.state(load_pretrained(folder).model, nnx.Param))
+    with fast_compile():  # almost all compilation: a zero-step run, evaluated, and loading
+        scorer = region_r1.Scorer(cfg, tmp_path, mesh)
+        start = nnx.to_pure_dict(nnx.state(load_pretrained(folder).model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(scorer.params), start)
     assert scorer.input_size == 30 and scorer.kb.shape == (16, 24)
 

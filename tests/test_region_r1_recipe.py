@@ -2,7 +2,6 @@
 pipeline from the command line on a tiny config (files, baselines' invariants, resume)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from fast_xla import fast_compile, subprocess_env
 from flax import nnx
 
 from jaxrank import parallel
@@ -44,6 +44,7 @@ def tiny_config(*extra):
     )
 
 
+@fast_compile()  # its time is almost all compilation (init, step)
 def one_step(cfg, mesh):
     scorer_model = contrastive.build_model(cfg.scorer, mesh)
     scorer_graphdef, scorer_params = nnx.split(scorer_model, nnx.Param)
@@ -120,14 +121,15 @@ TINY_RUN = [
 ]
 
 
-def run_cli(*args):
+def run_cli(cache, *args):
     """The command in a fresh process with one CPU device and XLA's cheapest optimisation
     level: this test is about wiring (the 8-device step is tested above), and its time is
-    almost all compilation."""
-    flags = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
-    env = dict(os.environ, XLA_FLAGS=flags)
+    almost all compilation. Runs sharing ``cache`` compile each program once."""
     done = subprocess.run(
-        [sys.executable, "-m", "jaxrank.cli", *args], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "jaxrank.cli", *args],
+        env=subprocess_env(cache),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -135,10 +137,10 @@ def run_cli(*args):
 
 @pytest.mark.slow
 def test_pipeline_from_the_command_line(tmp_path):
-    workdir = tmp_path / "run"
+    workdir, cache = tmp_path / "run", tmp_path / "xla_cache"
     args = ["train", "--config", str(CONFIG), "--workdir", str(workdir)]
     overrides = [f"--config.{o}" for o in [*TINY_MODELS, *TINY_RUN, "train.batch_size=8"]]
-    assert "CondR@1 on held-out queries" in run_cli(*args, *overrides)
+    assert "CondR@1 on held-out queries" in run_cli(cache, *args, *overrides)
 
     report = json.loads((workdir / "report.json").read_text())
     for preset in ("moderate", "easy"):
@@ -166,7 +168,7 @@ def test_pipeline_from_the_command_line(tmp_path):
     assert len(index) == 256
 
     # Re-running the finished run only re-evaluates, with the same numbers.
-    run_cli(*args, *overrides)
+    run_cli(cache, *args, *overrides)
     again = json.loads((workdir / "report.json").read_text())
     assert again["evaluation"] == report["evaluation"]
     assert again["train"]["step_profile"] == report["train"]["step_profile"]
