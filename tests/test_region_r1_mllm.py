@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from fast_xla import fast_compile
 from flax import nnx
 
 from jaxrank import crop_tool, parallel
@@ -109,6 +110,7 @@ def _update_inputs(base):
     return graphdef, adapters, rest, settings
 
 
+@fast_compile()  # compilation is most of its time; both meshes compile alike
 def _step(base, mesh):
     """Sample G completions per prompt and take one r-GRPO update on ``mesh``."""
     graphdef, adapters, rest, settings = _update_inputs(base)
@@ -198,10 +200,11 @@ def _step_inputs(base):
 def test_grpo_step_is_a_function_of_the_state(base):
     """Every draw is keyed by the state's rng and step: the same state gives the same update
     (what exact resumption needs), and a one-sided group gets its forced slot."""
-    step, state, batch, frozen = _step_inputs(base)
-    copy = jax.tree.map(jnp.copy, state)
-    first, metrics = step(state, batch, frozen)
-    again, metrics_again = step(copy, batch, frozen)
+    with fast_compile():
+        step, state, batch, frozen = _step_inputs(base)
+        copy = jax.tree.map(jnp.copy, state)
+        first, metrics = step(state, batch, frozen)
+        again, metrics_again = step(copy, batch, frozen)
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
     assert metrics["loss"] == metrics_again["loss"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxrank.models.lm import CausalLM, KVCache
 from jaxrank.models.lm_prompt import Prompt
@@ -41,17 +42,8 @@ def completion_log_probs(
         raise ValueError(f"{rows} completions for {prompt.batch} prompts x group {group}")
     if group == 1:
         return _full_sequence(lm, prompt, completion, completion_mask, temperature)
-    dtype = lm.embed_tokens.embedding[...].dtype if prompt.embeddings is None else None
-    dtype = dtype or prompt.embeddings.dtype
-    cache = KVCache.empty(lm.config, prompt.batch, prompt.tokens.shape[1] + length, dtype)
-    head = lm(
-        prompt.tokens,
-        prompt.mask,
-        prompt.positions,
-        embeddings=prompt.embeddings,
-        cache=cache,
-        compute_logits=False,
-    )
+    dtype = None if prompt.embeddings is None else prompt.embeddings.dtype
+    head = prefill(lm, prompt, length, dtype)
     repeated = prompt.repeat(group)
     tail = lm(
         completion,
@@ -64,6 +56,22 @@ def completion_log_probs(
     predicting = jnp.concatenate([first, tail.hidden[:, :-1]], axis=1)
     log_probs = token_log_probs(lm.logits(predicting), completion, temperature)
     return jnp.where(completion_mask, log_probs, 0.0), tail.hidden
+
+
+def prefill(lm: CausalLM, prompt: Prompt, room: int, cache_dtype: DTypeLike | None = None):
+    """The prompt run into a fresh key/value cache with ``room`` more slots (``LMOutput``: the
+    prompt's hidden states and the cache; no logits). The cache is in ``cache_dtype``, by
+    default the embedding table's."""
+    dtype = cache_dtype or lm.embed_tokens.embedding[...].dtype
+    cache = KVCache.empty(lm.config, prompt.batch, prompt.tokens.shape[1] + room, dtype)
+    return lm(
+        prompt.tokens,
+        prompt.mask,
+        prompt.positions,
+        embeddings=prompt.embeddings,
+        cache=cache,
+        compute_logits=False,
+    )
 
 
 def _full_sequence(lm, prompt, completion, completion_mask, temperature):

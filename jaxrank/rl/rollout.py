@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
-from jaxrank.models.lm import CausalLM, KVCache
+from jaxrank.models.lm import CausalLM
 from jaxrank.models.lm_prompt import Prompt
-from jaxrank.models.lm_scoring import token_log_probs
+from jaxrank.models.lm_scoring import prefill, token_log_probs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +103,7 @@ def generate(
     a completion open with the other decision.
     """
     new = settings.max_new_tokens
-    dtype = cache_dtype or lm.embed_tokens.embedding[...].dtype
-    cache = KVCache.empty(lm.config, prompt.batch, prompt.tokens.shape[1] + new, dtype)
-    out = lm(
-        prompt.tokens,
-        prompt.mask,
-        prompt.positions,
-        embeddings=prompt.embeddings,
-        cache=cache,
-        compute_logits=False,
-    )
+    out = prefill(lm, prompt, new, cache_dtype)
     logits = jnp.repeat(lm.logits(out.hidden[:, -1]), samples_per_prompt, axis=0)
     cache = out.cache.repeat(samples_per_prompt)
     prompt = prompt.repeat(samples_per_prompt)
