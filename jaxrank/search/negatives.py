@@ -1,0 +1,67 @@
+"""ELVA's negatives per query (PAPERS.md §2): "filtered hard" negatives from the sharded search
+(candidates scoring above a threshold are dropped as likely false negatives, then the top
+``n_hard`` of the rest) and ``n_random`` negatives drawn uniformly from everything else."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxrank.search.errors import SearchError
+from jaxrank.search.index import Index
+
+
+@dataclasses.dataclass(frozen=True)
+class NegativeMining:
+    """``threshold``: similarity above which a candidate counts as a likely false negative.
+    ``depth``: how many neighbours to search for the hard ones (default 2 * n_hard + 1); rows
+    whose filtered neighbours run out before ``n_hard`` are padded with -1."""
+
+    n_hard: int = 50
+    n_random: int = 50
+    threshold: float = 0.9
+    depth: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_hard < 0 or self.n_random < 0 or self.n_hard + self.n_random == 0:
+            raise ValueError(
+                f"n_hard ({self.n_hard}) and n_random ({self.n_random}) must be >= 0, "
+                "and not both 0"
+            )
+
+
+def mine_negatives(
+    index: Index,
+    queries: np.ndarray,
+    positives: np.ndarray,
+    mining: NegativeMining,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Negative ids ``[Q, n_hard + n_random]`` (int64; -1 where too few exist) for queries
+    ``[Q, D]`` whose positives' ids are ``positives [Q]``: the filtered hard ones first, in
+    descending score, then the random ones. A query's positive is never among its negatives,
+    and no id appears twice in a row."""
+    if index.metric == "l2":
+        raise SearchError("negative mining thresholds a similarity: use an ip or cosine index")
+    positives = np.asarray(positives, np.int64)
+    if positives.shape != (len(queries),):
+        raise SearchError(f"positives must be [{len(queries)}], got {positives.shape}")
+    hard = np.full((len(queries), mining.n_hard), -1, np.int64)
+    if mining.n_hard:
+        depth = min(mining.depth or 2 * mining.n_hard + 1, len(index))
+        found = index.search(queries, depth)
+        keep = (found.ids >= 0) & (found.ids != positives[:, None])
+        keep &= found.scores <= mining.threshold
+        for row, (ids, kept) in enumerate(zip(found.ids, keep, strict=True)):
+            chosen = ids[kept][: mining.n_hard]
+            hard[row, : len(chosen)] = chosen
+    pool = index.ids
+    random = np.full((len(queries), mining.n_random), -1, np.int64)
+    for row in range(len(queries)):
+        excluded = {int(positives[row]), *hard[row].tolist()}
+        draw = min(len(pool), mining.n_random + len(excluded))
+        candidates = pool[rng.choice(len(pool), size=draw, replace=False)]
+        chosen = [c for c in candidates.tolist() if c not in excluded][: mining.n_random]
+        random[row, : len(chosen)] = chosen
+    return np.concatenate([hard, random], axis=1)
