@@ -1,0 +1,80 @@
+"""ELVA's RL stage for a dual encoder with the stochastic head (PAPERS.md §2, the fast path), as
+pure functions. One rollout = one sampled query embedding scored (cosine) against the query's
+positive and its negatives; G rollouts per query; the ELVA reward; group advantages; GRPO's
+clipped loss over each rollout's log-prob (one "token" per rollout) with a k3 KL to the
+contrastive model (the same Gaussian around the frozen contrastive embedding).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrank.models.gaussian_head import GaussianEmbeddingHead, gaussian_log_prob
+from jaxrank.rewards.elva import ELVARewardConfig, elva_reward
+from jaxrank.rl.grpo import GRPOConfig, clipped_policy_loss, compute_advantages
+
+
+class EmbeddingRollout(NamedTuple):
+    samples: jax.Array  # [B, G, D] raw draws (the scorer normalises them)
+    log_probs: jax.Array  # [B, G] under the sampling policy
+    positive_scores: jax.Array  # [B, G]
+    negative_scores: jax.Array  # [B, G, N]
+    rewards: jax.Array  # [B, G]
+    advantages: jax.Array  # [B, G]
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    x = jnp.asarray(x, jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def rollout(
+    head: GaussianEmbeddingHead,
+    key: jax.Array,
+    query: jax.Array,
+    positive: jax.Array,
+    negatives: jax.Array,
+    grpo: GRPOConfig,
+    reward: ELVARewardConfig,
+) -> EmbeddingRollout:
+    """G draws around each query embedding ``[B, D]``, scored against ``positive [B, D]`` and
+    ``negatives [B, N, D]`` (every row a real candidate)."""
+    samples, log_probs = head.sample(key, query, grpo.num_generations)
+    unit = _unit(samples)
+    positive_scores = jnp.einsum("bgd,bd->bg", unit, _unit(positive))
+    negative_scores = jnp.einsum("bgd,bnd->bgn", unit, _unit(negatives))
+    rewards = elva_reward(positive_scores, negative_scores, reward)
+    advantages = compute_advantages(rewards, grpo.advantage)
+    return EmbeddingRollout(
+        samples, log_probs, positive_scores, negative_scores, rewards, advantages
+    )
+
+
+def loss(
+    head: GaussianEmbeddingHead,
+    query: jax.Array,
+    reference_query: jax.Array,
+    reference_log_scale: jax.Array,
+    batch: EmbeddingRollout,
+    grpo: GRPOConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """GRPO's loss of the rollouts under the current encoder's query embedding ``[B, D]`` and
+    head; the reference is the contrastive model's embedding with the head's initial scale."""
+    samples = jax.lax.stop_gradient(batch.samples)
+    logp = head.log_prob(samples, query[:, None])[..., None]
+    ref = gaussian_log_prob(samples, reference_query[:, None], reference_log_scale)[..., None]
+    loss_sum, count, logged = clipped_policy_loss(
+        logp,
+        batch.log_probs[..., None],
+        jax.lax.stop_gradient(ref),
+        batch.advantages,
+        jnp.ones(logp.shape, bool),
+        eps_low=grpo.eps_low,
+        eps_high=grpo.eps_high,
+        beta=grpo.beta,
+        aggregation=grpo.aggregation,
+    )
+    return loss_sum / count, dict(logged, reward=batch.rewards.mean())
