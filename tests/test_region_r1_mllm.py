@@ -91,7 +91,7 @@ def test_prompts_hold_one_image_per_row(base):
     assert prompts["positions"].shape == (B, 3, prompts["tokens"].shape[1])
 
 
-def test_forced_openings_decide_the_parse(base):
+def test_forced_openings_decode_to_the_decision_markers(base):
     openings = region_r1_mllm.forced_openings(base)
     decode = base.inputs.tokenizer.decode
     assert decode(openings[crop_tool.FULL]) == crop_tool.NO_CROP

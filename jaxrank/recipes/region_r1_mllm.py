@@ -407,8 +407,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     graphdef, adapters, rest = lora_policy(cfg, graphdef, params)
     optimizer = adamw_warmup_cosine(cfg.train)
     state = jax.jit(lambda a: TrainState.create(a, optimizer, cfg.seed))(adapters)
-    frozen = {**region_r1.frozen_inputs(scorer, None, mesh), "base": rest}
-    del frozen["ref"]
+    # The reference policy is the base itself (adapters off), so frozen holds no "ref".
+    kb = parallel.put_replicated(scorer.kb, mesh)
+    frozen = {"kb": kb, "scorer": scorer.params, "base": rest}
     step = GRPOStep(cfg, base, graphdef, scorer, optimizer, questions, mesh)
     train_started = time.perf_counter()
     with jax.set_mesh(mesh):
