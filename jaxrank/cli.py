@@ -23,6 +23,7 @@ from jaxrank.workdir import WorkdirError
 
 RECIPES = {
     "contrastive": "jaxrank.recipes.contrastive",
+    "elva": "jaxrank.recipes.elva",
     "region_r1": "jaxrank.recipes.region_r1",
     "region_r1_mllm": "jaxrank.recipes.region_r1_mllm",
 }

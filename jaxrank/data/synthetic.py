@@ -156,7 +156,7 @@ class World:
         return self.config.num_entities
 
     def entity_text(self, i: int) -> str:
-        names = dict(zip(ATTRIBUTES, self._names(i), strict=True))
+        names = dict(zip(ATTRIBUTES, self.attribute_names(i), strict=True))
         return ENTITY_TEMPLATE.format(**names)
 
     def entity_texts(self) -> list[str]:
@@ -299,7 +299,7 @@ class World:
         """Entities that differ from ``i`` in exactly ``n_diff`` attributes (hard negatives)."""
         return np.flatnonzero((self.attributes != self.attributes[i]).sum(axis=1) == n_diff)
 
-    def _names(self, i: int) -> list[str]:
+    def attribute_names(self, i: int) -> list[str]:
         return [ATTRIBUTE_VALUES[a][v] for a, v in zip(ATTRIBUTES, self.attributes[i], strict=True)]
 
     def _paint(

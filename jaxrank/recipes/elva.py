@@ -1,0 +1,316 @@
+"""ELVA (PAPERS.md §2) on the synthetic world's multi-grain benchmark, wired from jaxrank's parts.
+
+contrastive stage (InfoNCE over the four tasks' queries and their positives, in-batch
+negatives) -> negatives for each RL instance mined with the sharded search (filtered hard +
+random) -> RL stage from the contrastive encoder: G query embeddings sampled from the Gaussian
+head, ELVA's reward against the positive and the negatives as the current encoder embeds them,
+GRPO with a KL to the contrastive model, all in one jitted step -> Recall@K on the standard and
+multi-grain sets and grain sensitivity, every ``train.eval_every`` steps (``elva_eval``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxrank import losses, parallel, retrieval_eval
+from jaxrank.checkpoint import Checkpointer
+from jaxrank.data.arrays import array_batches
+from jaxrank.data.multigrain import TASKS, MultiGrain
+from jaxrank.models.gaussian_head import GaussianEmbeddingHead
+from jaxrank.models.task_embedding import candidates_of
+from jaxrank.optim import adamw_warmup_cosine
+from jaxrank.recipes import contrastive, elva_eval
+from jaxrank.recipes.elva_encoders import benchmark, candidate_embedder, query_embedder, rows
+from jaxrank.rewards.elva import ELVARewardConfig
+from jaxrank.rl import embedding_grpo
+from jaxrank.rl.grpo import GRPOConfig
+from jaxrank.search import Index
+from jaxrank.search.errors import SearchError
+from jaxrank.search.negatives import NegativeMining, mine_negatives
+from jaxrank.train_step import TrainState, jit_train_step, make_train_step
+from jaxrank.trainer import fit
+from jaxrank.workdir import prepare_workdir
+
+CONTRASTIVE_DIR = "contrastive"
+# What the contrastive stage depends on: RL runs that agree on these may share it.
+CONTRASTIVE_KEYS = ("seed", "world", "model", "benchmark", "contrastive")
+
+
+# -- contrastive stage ----------------------------------------------------------------------
+
+
+def contrastive_data(bench: MultiGrain, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
+    """Endless training queries, the four tasks in turn (row i is query i // 4 of task
+    i % 4); each process reads its own slice of every batch."""
+    batch = cfg.contrastive.batch_size
+    tokenize = contrastive.encoder_inputs(cfg).tokenize
+
+    def render(i: int) -> dict[str, np.ndarray]:
+        q = bench.query("train", i % len(TASKS), "standard", i // len(TASKS))
+        return {
+            "images": q["image"],
+            "tokens": tokenize([q["text"]])[0],
+            "task": np.int32(i % len(TASKS)),
+            "entity": np.int32(q["entity"]),
+        }
+
+    ds = grain.MapDataset.range(2**40)[jax.process_index() :: jax.process_count()]
+    ds = ds.map(render).batch(batch // jax.process_count(), drop_remainder=True)
+    options = grain.ReadOptions(num_threads=cfg.contrastive.data_threads, prefetch_buffer_size=4)
+    return ds.to_iter_dataset(options)
+
+
+def contrastive_loss(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
+    """Symmetric InfoNCE of each query against its positive (the other rows' positives are its
+    negatives; rows of one entity are not pushed apart)."""
+    embed = query_embedder(graphdef, cfg)
+    table = candidate_embedder(graphdef, cfg)
+
+    def loss_fn(params, batch, rng, kb):
+        del rng  # the rendered views carry the randomness
+        ids = batch["entity"]
+        positives = table(params, {"images": kb["images"][ids], "tokens": kb["tokens"][ids]})
+        positives = candidates_of(positives, batch["task"], jnp.arange(len(ids)))
+        scale = nnx.merge(graphdef, params).logit_scale[...]
+        loss = losses.softmax_contrastive_loss(embed(params, batch), positives, scale, ids)
+        return loss, {"temperature": 1.0 / jnp.exp(scale)}
+
+    return loss_fn
+
+
+def contrastive_stage(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> tuple[Any, Any]:
+    """``(graphdef, params)`` of the contrastive encoder, trained (or resumed) in
+    ``contrastive_workdir`` (default ``<workdir>/contrastive``), which other RL runs with the
+    same ``CONTRASTIVE_KEYS`` may share."""
+    stage_cfg = ml_collections.ConfigDict({k: cfg[k] for k in CONTRASTIVE_KEYS})
+    directory = (
+        Path(cfg.contrastive_workdir) if cfg.contrastive_workdir else workdir / CONTRASTIVE_DIR
+    )
+    directory = prepare_workdir(directory, stage_cfg)
+    model = contrastive.build_model(cfg, mesh)
+    graphdef, params = nnx.split(model, nnx.Param)
+    optimizer = adamw_warmup_cosine(cfg.contrastive)
+    state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
+    kb = parallel.put_replicated(
+        contrastive.knowledge_base(contrastive.build_world(cfg), cfg), mesh
+    )
+    step_fn = jit_train_step(make_train_step(contrastive_loss(graphdef, cfg), optimizer), state)
+    with jax.set_mesh(mesh):
+        state = fit(
+            workdir=directory,
+            state=state,
+            step_fn=step_fn,
+            data=contrastive_data(benchmark(cfg), cfg),
+            place_batch=lambda b: parallel.shard_batch(b, mesh),
+            total_steps=cfg.contrastive.steps,
+            log_every=cfg.contrastive.log_every,
+            checkpoint_every=cfg.contrastive.checkpoint_every,
+            frozen=kb,
+            samples_per_step=cfg.contrastive.batch_size,
+        )
+    return graphdef, state.params
+
+
+# -- RL stage -------------------------------------------------------------------------------
+
+
+def rl_instances(bench: MultiGrain, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The RL set: ``rl_data.queries_per_task`` training queries of each task."""
+    n = cfg.rl_data.queries_per_task
+    parts = [rows(cfg, bench.queries("train", t, "standard", n)) for t in range(len(TASKS))]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def mining_config(cfg: ml_collections.ConfigDict) -> NegativeMining:
+    mining = cfg.mining.to_dict()
+    mining["depth"] = mining["depth"] or None
+    return NegativeMining(**mining)
+
+
+def mine(
+    instances: dict[str, np.ndarray],
+    queries: np.ndarray,
+    table: np.ndarray,
+    cfg: ml_collections.ConfigDict,
+    mesh,
+) -> np.ndarray:
+    """Negative ids ``[Q, n_hard + n_random]`` of each instance, mined with the contrastive
+    model's embeddings (``queries`` [Q, D], ``table`` [2, N, D]) from the index of the
+    modality its task retrieves."""
+    mining = mining_config(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    negatives = np.full((len(queries), mining.n_hard + mining.n_random), -1, np.int64)
+    modality = (instances["task"] == TASKS.index("i->t")).astype(int)
+    for m in (0, 1):
+        chosen = np.flatnonzero(modality == m)
+        index = Index.from_array(table[m], metric="cosine", mesh=mesh)
+        found = mine_negatives(index, queries[chosen], instances["entity"][chosen], mining, rng)
+        negatives[chosen] = found
+    short = np.flatnonzero((negatives < 0).any(axis=1))
+    if len(short):
+        raise SearchError(
+            f"{len(short)} RL instances (first: row {short[0]}) found fewer than "
+            f"{mining.n_hard} hard negatives under mining.threshold={mining.threshold}; raise "
+            "mining.depth or the threshold"
+        )
+    return negatives.astype(np.int32)
+
+
+def grpo_config(cfg: ml_collections.ConfigDict) -> GRPOConfig:
+    return GRPOConfig(**cfg.rl.to_dict())
+
+
+def make_rl_step(cfg, graphdef, head_graphdef, optimizer):
+    """The RL step: the rollout runs with the pre-update encoder (queries, the whole knowledge
+    base, the reference queries), the update differentiates the query embedding and the head."""
+    embed = query_embedder(graphdef, cfg)
+    table_fn = candidate_embedder(graphdef, cfg)
+    grpo, reward = grpo_config(cfg), ELVARewardConfig(**cfg.reward.to_dict())
+
+    def rollout(params, batch, rng, frozen):
+        table = table_fn(params["encoder"], frozen["kb"])
+        head = nnx.merge(head_graphdef, params["head"])
+        rolled = embedding_grpo.rollout(
+            head,
+            rng,
+            embed(params["encoder"], batch),
+            candidates_of(table, batch["task"], batch["entity"]),
+            candidates_of(table, batch["task"], batch["negatives"]),
+            grpo,
+            reward,
+        )
+        first = (rolled.positive_scores[..., None] >= rolled.negative_scores).all(axis=-1)
+        metrics = {
+            "reward_std": rolled.rewards.std(axis=-1).mean(),
+            "sampled_top1": first.mean(),
+            "head_scale": jnp.exp(head.log_scale[...]).mean(),
+        }
+        reference = embed(frozen["reference"], batch)
+        return dict(batch, rollout=rolled, reference=reference), metrics
+
+    def loss_fn(params, batch, rng, frozen):
+        del rng
+        head = nnx.merge(head_graphdef, params["head"])
+        return embedding_grpo.loss(
+            head,
+            embed(params["encoder"], batch),
+            batch["reference"],
+            frozen["reference_log_scale"],
+            batch["rollout"],
+            grpo,
+        )
+
+    return make_train_step(
+        loss_fn, optimizer, rollout=rollout, updates_per_batch=grpo.updates_per_batch
+    )
+
+
+def build_head(cfg: ml_collections.ConfigDict, dim: int, mesh) -> tuple[nnx.GraphDef, Any]:
+    with jax.set_mesh(mesh):
+        return nnx.split(GaussianEmbeddingHead(dim, cfg.head.init_scale), nnx.Param)
+
+
+def setup(cfg: ml_collections.ConfigDict, workdir: Path):
+    """The mesh, benchmark, contrastive encoder and head, the RL optimizer and its initial
+    state, and the frozen inputs (knowledge base, reference encoder and scale)."""
+    mesh = parallel.mesh_from_config(cfg.mesh)
+    for stage in ("train", "contrastive"):
+        if cfg[stage].batch_size % mesh.shape[parallel.DATA]:
+            raise ValueError(
+                f"{stage}.batch_size={cfg[stage].batch_size} must be divisible by the "
+                f"{mesh.shape[parallel.DATA]} devices of the data axis"
+            )
+    bench = benchmark(cfg)
+    graphdef, encoder = contrastive_stage(cfg, workdir, mesh)
+    head_graphdef, head = build_head(cfg, contrastive.build_model(cfg, mesh).config.embed_dim, mesh)
+    optimizer = adamw_warmup_cosine(cfg.train)
+    params = {"encoder": jax.tree.map(jnp.copy, encoder), "head": head}
+    state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
+    kb = contrastive.knowledge_base(bench.world, cfg)
+    frozen = {
+        "kb": parallel.put_replicated(kb, mesh),
+        "reference": encoder,
+        "reference_log_scale": jnp.copy(head["log_scale"][...]),
+    }
+    return mesh, bench, (graphdef, head_graphdef), optimizer, state, frozen
+
+
+def training_arrays(cfg, bench, graphdef, frozen, mesh) -> dict[str, np.ndarray]:
+    """The RL instances with their mined negatives."""
+    instances = rl_instances(bench, cfg)
+    embed = jax.jit(query_embedder(graphdef, cfg))
+    queries = retrieval_eval.embed_in_batches(
+        lambda *b: embed(frozen["reference"], dict(zip(instances, b, strict=True))),
+        list(instances.values()),
+        cfg.eval.batch_size,
+        mesh,
+    )
+    table = jax.device_get(
+        jax.jit(candidate_embedder(graphdef, cfg))(frozen["reference"], frozen["kb"])
+    )
+    return dict(instances, negatives=mine(instances, queries, table, cfg, mesh))
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Both stages, each resumed from its checkpoints, with evaluations every
+    ``train.eval_every`` RL steps (step 0 is the contrastive model)."""
+    workdir = prepare_workdir(workdir, cfg)
+    started = time.perf_counter()
+    mesh, bench, (graphdef, head_graphdef), optimizer, state, frozen = setup(cfg, workdir)
+    contrastive_seconds = time.perf_counter() - started
+    evaluator = elva_eval.Evaluator(cfg, bench, graphdef, frozen["kb"], mesh)
+    curve = elva_eval.Curve(workdir / "eval.jsonl")
+    with jax.set_mesh(mesh):
+        curve.record(0, lambda: evaluator(frozen["reference"]))
+        arrays = training_arrays(cfg, bench, graphdef, frozen, mesh)
+        data = array_batches(arrays, cfg.train.batch_size, cfg.seed, cfg.train.data_threads)
+        step_fn = jit_train_step(make_rl_step(cfg, graphdef, head_graphdef, optimizer), state)
+        rl_started = time.perf_counter()
+        stops = sorted(
+            {*range(cfg.train.eval_every, cfg.train.steps, cfg.train.eval_every), cfg.train.steps}
+        )
+        for stop in stops:
+            state = fit(
+                workdir=workdir,
+                state=state,
+                step_fn=step_fn,
+                data=data,
+                place_batch=lambda b: parallel.shard_batch(b, mesh),
+                total_steps=stop,
+                log_every=cfg.train.log_every,
+                checkpoint_every=cfg.train.checkpoint_every,
+                frozen=frozen,
+                samples_per_step=cfg.train.batch_size,
+            )
+            curve.record(stop, lambda p=state.params["encoder"]: evaluator(p))
+    info = {
+        "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
+        "contrastive_seconds": contrastive_seconds,
+        "rl_seconds": time.perf_counter() - rl_started,
+        "rl_steps": cfg.train.steps,
+    }
+    return elva_eval.write_report(workdir, cfg, curve.rows(), info)
+
+
+def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Re-evaluate a run's latest RL checkpoint (and the contrastive model) and rewrite its
+    report."""
+    workdir = prepare_workdir(workdir, cfg)
+    mesh, bench, (graphdef, _), _, state, frozen = setup(cfg, workdir)
+    with Checkpointer(workdir / "checkpoints") as checkpointer:
+        step, state, _ = checkpointer.restore(state)
+    evaluator = elva_eval.Evaluator(cfg, bench, graphdef, frozen["kb"], mesh)
+    curve = elva_eval.Curve(workdir / "eval.jsonl")
+    with jax.set_mesh(mesh):
+        for at, params in ((0, frozen["reference"]), (step, state.params["encoder"])):
+            curve.replace(at, evaluator(params))
+    return elva_eval.write_report(workdir, cfg, curve.rows(), {"rl_steps": step})
