@@ -3,6 +3,7 @@ they timed (on a shared 2-core VM a neighbour's job halves the numbers)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -76,3 +77,25 @@ def machine_info() -> dict[str, Any]:
             for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
         },
     }
+
+
+def write_sweep(path: str, script: str, args: Any, summary: Any, runs: list) -> None:
+    """A seed sweep's JSON: the command that reproduces it, the machine, the summary table
+    and every run."""
+    import jax
+
+    out = {
+        "command": f"scripts/{script} "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v not in (None, [])),
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+        },
+        "summary": summary,
+        "runs": runs,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {path}")

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import jax
+from bench_machine import write_sweep
 
 from jaxrank import cli, report
 from jaxrank.configs import apply_overrides, load_config_file
@@ -137,21 +135,13 @@ def main() -> None:
     for preset in presets:
         print(f"\n{preset}: CondR@1 over seeds {args.seeds}")
         print(report.table(summary_rows(runs, preset), columns, fmt="simple"))
-    out = {
-        "command": "scripts/region_r1_sweep.py "
-        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v not in (None, [])),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()],
-        },
-        "summary": {preset: summary_rows(runs, preset) for preset in presets},
-        "runs": runs,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_sweep(
+        args.out,
+        "region_r1_sweep.py",
+        args,
+        {preset: summary_rows(runs, preset) for preset in presets},
+        runs,
+    )
 
 
 if __name__ == "__main__":

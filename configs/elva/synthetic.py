@@ -26,23 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     # 768 of the world's 2240 attribute combinations: a dense knowledge base, so most entities
     # have neighbours that differ in one fine attribute.
     c.world = ml_collections.ConfigDict({"num_entities": 768, "image_size": 48, "seed": 0})
-    c.model = load_config_file(ENCODER_CONFIG).model
+    encoder = load_config_file(ENCODER_CONFIG)
+    c.model = encoder.model
     # Multi-grain targets: entities with at least this many entries that share shape and
     # colour and differ in exactly one of pattern and pattern colour.
     c.benchmark = ml_collections.ConfigDict({"min_fine_neighbours": 4})
-    c.contrastive = ml_collections.ConfigDict(
-        {
-            "steps": 600,
-            "batch_size": 64,
-            "learning_rate": 1e-3,
-            "warmup_steps": 50,
-            "weight_decay": 1e-4,
-            "grad_clip": 1.0,
-            "log_every": 25,
-            "checkpoint_every": 100,
-            "data_threads": 2,
-        }
-    )
+    c.contrastive = encoder.train  # the contrastive recipe's schedule
     c.contrastive_workdir = ""  # "" trains the stage in <workdir>/contrastive
     c.rl_data = ml_collections.ConfigDict({"queries_per_task": 1024})
     # ELVA's negatives (paper: 50 filtered hard + 50 random); the synthetic world has no
