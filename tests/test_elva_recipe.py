@@ -46,7 +46,7 @@ def tiny_config(*extra):
 
 @fast_compile()  # its time is almost all compilation
 def one_step(mesh):
-    cfg = tiny_config()
+    cfg = tiny_config("candidates=current")  # the encoder re-embeds the candidates too
     bench = elva.benchmark(cfg)
     graphdef, encoder = nnx.split(contrastive.build_model(cfg, mesh), nnx.Param)
     head_graphdef, head = elva.build_head(cfg, cfg.model.embed_dim, mesh)
@@ -59,13 +59,14 @@ def one_step(mesh):
     batch["negatives"] = (batch["entity"][:, None] + rng.integers(1, 96, (8, 6))) % 96
     frozen = {
         "kb": parallel.put_replicated(contrastive.knowledge_base(bench.world, cfg), mesh),
+        "table": None,  # unused: the candidates are re-embedded
         "reference": encoder,
         "reference_log_scale": head["log_scale"][...],
     }
     step = jax.jit(elva.make_rl_step(cfg, graphdef, head_graphdef, optimizer))
     with jax.set_mesh(mesh):
         state, metrics = step(state, parallel.shard_batch(batch, mesh), frozen)
-    return jax.device_get((state.params, metrics))
+    return jax.device_get((params, state.params, metrics))
 
 
 @functools.cache
@@ -75,13 +76,19 @@ def single_device_step():
 
 def test_sharded_rl_step_equals_single_device():
     """On a 4x2 mesh: groups split over data (two queries per device), weights over model."""
-    single_params, single_metrics = single_device_step()
-    params, metrics = one_step(parallel.make_mesh(4, 2))
+    initial, single_params, single_metrics = single_device_step()
+    _, params, metrics = one_step(parallel.make_mesh(4, 2))
     assert single_metrics["reward_std"] > 0  # the rollouts differ, so the update is real
     for key in ("loss", "reward", "kl", "sampled_top1"):
         np.testing.assert_allclose(metrics[key], single_metrics[key], rtol=1e-5, atol=1e-7)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single_params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, np.abs(b).max()))
+    leaves = list(zip(*map(jax.tree.leaves, (initial, params, single_params)), strict=True))
+    # The updates agree to 0.1% of the largest one: the score-function gradient is ~1/scale^2
+    # = 400 times its inputs, so float32 rounding shows in the weights, and leaves the loss
+    # hardly touches (updates ~1e-9) differ by rounding alone.
+    largest = max(np.abs(b - start).max() for start, _, b in leaves)
+    assert largest > 1e-3
+    for start, a, b in leaves:
+        np.testing.assert_allclose(a - start, b - start, rtol=1e-3, atol=1e-3 * largest)
 
 
 def test_mined_negatives_are_numpys_top_others_then_random():
@@ -131,6 +138,11 @@ def test_pipeline_then_sigkill_and_resume_end_alike(tmp_path):
             assert report["rl"][f"{name}/avg/recall@{k}"] == pytest.approx(np.mean(per_task))
     assert (straight / "contrastive" / "checkpoints" / "4").exists()
     assert {p.name for p in straight.glob("*.png")} >= {"training.png", "grain_sensitivity.png"}
+    evaluate = [*_train_cmd(straight)]
+    evaluate[evaluate.index("train")] = "eval"
+    subprocess.run(evaluate, env=env, check=True, timeout=600)
+    again = json.loads((straight / "report.json").read_text())
+    assert again["rl"] == report["rl"] and again["contrastive"] == report["contrastive"]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed), env=env, stderr=subprocess.DEVNULL)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxrank.data import render
 from jaxrank.data.multigrain import I2I, I2T, IT2I, T2I, TASKS, MultiGrain
 from jaxrank.data.synthetic import ATTRIBUTES, World, WorldConfig, world_vocabulary
 from jaxrank.data.vocabulary import EOS, UNK
@@ -108,3 +109,17 @@ def test_task_embedding_picks_each_tasks_towers():
     for row in range(4):
         want = table[1 if row == 1 else 0, ids[row]]
         np.testing.assert_array_equal(got[row], want)
+
+
+def test_marking_keeps_the_pattern_inside_the_centre_square():
+    full = render.sprite("square", "checks", 40).astype(int)
+    small = render.sprite("square", "checks", 40, 0.5).astype(int)
+    alpha = lambda s: s[..., 0] + s[..., 1]
+    assert np.abs(alpha(small) - alpha(full)).max() <= 1  # the body is the same; uint8 rounding
+    assert small[..., 1].sum() > 0
+    outside = np.ones((40, 40), bool)
+    outside[10:30, 10:30] = False
+    assert (small[..., 1][outside] == 0).all()
+    np.testing.assert_array_equal(small[11:29, 11:29], full[11:29, 11:29])
+    with pytest.raises(ValueError, match="marking"):
+        WorldConfig(marking=0.0)

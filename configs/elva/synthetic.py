@@ -25,7 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
     # 768 of the world's 2240 attribute combinations: a dense knowledge base, so most entities
     # have neighbours that differ in one fine attribute.
-    c.world = ml_collections.ConfigDict({"num_entities": 768, "image_size": 48, "seed": 0})
+    # marking 0.5: the pattern covers the centre quarter of the body, so the fine attributes
+    # are a small detail of the image, as fine grains are in real photos.
+    c.world = ml_collections.ConfigDict(
+        {"num_entities": 768, "image_size": 48, "seed": 0, "marking": 0.5}
+    )
     encoder = load_config_file(ENCODER_CONFIG)
     c.model = encoder.model
     # Multi-grain targets: entities with at least this many entries that share shape and
@@ -40,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
         {"n_hard": 16, "n_random": 16, "threshold": 0.99, "depth": 0}  # depth 0: 2 * n_hard + 1
     )
     c.head = ml_collections.ConfigDict({"init_scale": 0.05})
+    # "frozen": candidates keep the contrastive model's embeddings (one index, query side
+    # tuned); "current": the encoder being trained re-embeds the knowledge base every step.
+    c.candidates = "frozen"
     c.rl = ml_collections.ConfigDict(
         {
             "num_generations": 8,  # G

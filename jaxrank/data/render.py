@@ -94,11 +94,16 @@ def _pattern_mask(pattern: str, n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)  # every (shape, pattern, size) up to 96 px: ~25 MB
-def sprite(shape: str, pattern: str, size: int) -> np.ndarray:
-    """uint8 [size, size, 2]: body and pattern coverage in 1/255ths; their sum is the alpha."""
+def sprite(shape: str, pattern: str, size: int, marking: float = 1.0) -> np.ndarray:
+    """uint8 [size, size, 2]: body and pattern coverage in 1/255ths; their sum is the alpha.
+    The pattern covers a centred square of ``marking`` times the side (1: the whole body)."""
     n = size * _SUPERSAMPLE
     mask = _shape_mask(shape, n)
     pattern_mask = _pattern_mask(pattern, n)
+    if marking < 1.0:
+        t = (np.arange(n, dtype=np.float32) + 0.5) / n
+        inside = np.abs(t - 0.5) <= marking / 2
+        pattern_mask = pattern_mask * (inside[:, None] & inside[None, :])
     coverage = np.stack([mask * (1 - pattern_mask), mask * pattern_mask], axis=-1)
     coverage = coverage.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 2).mean(axis=(1, 3))
     packed = np.round(coverage * 255).astype(np.uint8)
@@ -115,9 +120,10 @@ def paint_entity(
     pattern: str,
     colour: np.ndarray,
     pattern_colour: np.ndarray,
+    marking: float = 1.0,
 ) -> np.ndarray:
     """Alpha-blends an entity into ``canvas`` (float32 [H, W, 3], in place); returns its alpha."""
-    coverage = sprite(shape, pattern, size).astype(np.float32) / 255
+    coverage = sprite(shape, pattern, size, marking).astype(np.float32) / 255
     body, stripes = coverage[..., :1], coverage[..., 1:]
     alpha = body + stripes
     region = canvas[y : y + size, x : x + size]

@@ -60,9 +60,17 @@ _KB_SCALE = 0.8  # the entity's share of a knowledge-base image's side
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
+    """``marking``: the share of an entity's side its pattern covers, as a centred square; below
+    1 the fine attributes (pattern, pattern colour) become a small detail of the image."""
+
     num_entities: int = 256
     image_size: int = 96
     seed: int = 0
+    marking: float = 1.0
+
+    def __post_init__(self):
+        if not 0 < self.marking <= 1:
+            raise ValueError(f"marking must be in (0, 1], got {self.marking}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +324,14 @@ class World:
         if rng is not None:
             colours = colours + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, (2, 3))
         return render.paint_entity(
-            canvas, x, y, side, render.SHAPES[shape], render.PATTERNS[pattern], *colours
+            canvas,
+            x,
+            y,
+            side,
+            render.SHAPES[shape],
+            render.PATTERNS[pattern],
+            *colours,
+            self.config.marking,
         )
 
 

@@ -10,6 +10,7 @@ multi-grain sets and grain sensitivity, every ``train.eval_every`` steps (``elva
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from flax import nnx
 
 from jaxrank import losses, parallel, retrieval_eval
 from jaxrank.checkpoint import Checkpointer
+from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
 from jaxrank.data.multigrain import TASKS, MultiGrain
 from jaxrank.models.gaussian_head import GaussianEmbeddingHead
@@ -169,15 +171,34 @@ def grpo_config(cfg: ml_collections.ConfigDict) -> GRPOConfig:
     return GRPOConfig(**cfg.rl.to_dict())
 
 
+CANDIDATES = ("frozen", "current")
+
+
+def frozen_candidates(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether candidates keep the contrastive model's embeddings (the index is built once and
+    only the query side is tuned) rather than being re-embedded by the encoder being trained."""
+    if cfg.candidates not in CANDIDATES:
+        raise ConfigError(f"candidates={cfg.candidates!r} is not one of {CANDIDATES}")
+    return cfg.candidates == "frozen"
+
+
+def candidate_encoder(cfg: ml_collections.ConfigDict, params: Any, reference: Any) -> Any:
+    """The parameters that embed the candidates of an encoder ``params`` trained by this run."""
+    return reference if frozen_candidates(cfg) else params
+
+
 def make_rl_step(cfg, graphdef, head_graphdef, optimizer):
-    """The RL step: the rollout runs with the pre-update encoder (queries, the whole knowledge
-    base, the reference queries), the update differentiates the query embedding and the head."""
+    """The RL step: the rollout runs with the pre-update encoder (queries, the candidates unless
+    frozen, the reference queries); the update differentiates the query embedding and the
+    head."""
     embed = query_embedder(graphdef, cfg)
     table_fn = candidate_embedder(graphdef, cfg)
     grpo, reward = grpo_config(cfg), ELVARewardConfig(**cfg.reward.to_dict())
 
     def rollout(params, batch, rng, frozen):
-        table = table_fn(params["encoder"], frozen["kb"])
+        table = (
+            frozen["table"] if frozen_candidates(cfg) else table_fn(params["encoder"], frozen["kb"])
+        )
         head = nnx.merge(head_graphdef, params["head"])
         rolled = embedding_grpo.rollout(
             head,
@@ -235,9 +256,10 @@ def setup(cfg: ml_collections.ConfigDict, workdir: Path):
     optimizer = adamw_warmup_cosine(cfg.train)
     params = {"encoder": jax.tree.map(jnp.copy, encoder), "head": head}
     state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
-    kb = contrastive.knowledge_base(bench.world, cfg)
+    kb = parallel.put_replicated(contrastive.knowledge_base(bench.world, cfg), mesh)
     frozen = {
-        "kb": parallel.put_replicated(kb, mesh),
+        "kb": kb,
+        "table": jax.jit(candidate_embedder(graphdef, cfg))(encoder, kb),
         "reference": encoder,
         "reference_log_scale": jnp.copy(head["log_scale"][...]),
     }
@@ -254,9 +276,7 @@ def training_arrays(cfg, bench, graphdef, frozen, mesh) -> dict[str, np.ndarray]
         cfg.eval.batch_size,
         mesh,
     )
-    table = jax.device_get(
-        jax.jit(candidate_embedder(graphdef, cfg))(frozen["reference"], frozen["kb"])
-    )
+    table = np.asarray(jax.device_get(frozen["table"]))
     return dict(instances, negatives=mine(instances, queries, table, cfg, mesh))
 
 
@@ -270,7 +290,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     evaluator = elva_eval.Evaluator(cfg, bench, graphdef, frozen["kb"], mesh)
     curve = elva_eval.Curve(workdir / "eval.jsonl")
     with jax.set_mesh(mesh):
-        curve.record(0, lambda: evaluator(frozen["reference"]))
+        reference = frozen["reference"]
+        curve.record(0, lambda: evaluator(reference, reference))
         arrays = training_arrays(cfg, bench, graphdef, frozen, mesh)
         data = array_batches(arrays, cfg.train.batch_size, cfg.seed, cfg.train.data_threads)
         step_fn = jit_train_step(make_rl_step(cfg, graphdef, head_graphdef, optimizer), state)
@@ -291,7 +312,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
                 frozen=frozen,
                 samples_per_step=cfg.train.batch_size,
             )
-            curve.record(stop, lambda p=state.params["encoder"]: evaluator(p))
+            encoder = state.params["encoder"]
+            curve.record(stop, lambda p=encoder: evaluator(p, candidate_encoder(cfg, p, reference)))
     info = {
         "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
         "contrastive_seconds": contrastive_seconds,
@@ -312,5 +334,9 @@ def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dic
     curve = elva_eval.Curve(workdir / "eval.jsonl")
     with jax.set_mesh(mesh):
         for at, params in ((0, frozen["reference"]), (step, state.params["encoder"])):
-            curve.replace(at, evaluator(params))
-    return elva_eval.write_report(workdir, cfg, curve.rows(), {"rl_steps": step})
+            curve.replace(
+                at, evaluator(params, candidate_encoder(cfg, params, frozen["reference"]))
+            )
+    previous = workdir / "report.json"
+    info = json.loads(previous.read_text())["train"] if previous.exists() else {}
+    return elva_eval.write_report(workdir, cfg, curve.rows(), {**info, "rl_steps": step})

@@ -25,8 +25,9 @@ GRAINS = ("shape", "colour", "pattern", "pattern_colour", "nearest")
 
 class Evaluator:
     """Held-out queries rendered once, the encoders jitted once; call it with encoder params
-    for a flat dict of metrics: ``{set}/{task}/recall@K``, ``{set}/avg/recall@K`` and
-    ``gap/{attribute}`` (grain sensitivity on the multi-grain set, all tasks pooled)."""
+    (the queries' and the candidates') for a flat dict of metrics: ``{set}/{task}/recall@K``,
+    ``{set}/avg/recall@K`` and ``gap/{attribute}`` (grain sensitivity on the multi-grain set,
+    all tasks pooled)."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, bench: MultiGrain, graphdef, kb, mesh):
         self.cfg, self.bench, self.kb, self.mesh = cfg, bench, kb, mesh
@@ -39,8 +40,9 @@ class Evaluator:
         self._embed = jax.jit(elva_encoders.query_embedder(graphdef, cfg))
         self._table = jax.jit(elva_encoders.candidate_embedder(graphdef, cfg))
 
-    def __call__(self, params: Any) -> dict[str, float]:
-        table = np.asarray(jax.device_get(self._table(params, self.kb)))
+    def __call__(self, params: Any, candidate_params: Any) -> dict[str, float]:
+        """Queries embedded with ``params``, candidates with ``candidate_params``."""
+        table = np.asarray(jax.device_get(self._table(candidate_params, self.kb)))
         ks = tuple(self.cfg.eval.ks)
         metrics: dict[str, float] = {}
         pooled_scores, pooled_entity = [], []
