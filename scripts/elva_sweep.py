@@ -29,7 +29,13 @@ VARIANTS = {
     "no_margin": ["reward.alpha=0.0"],
     "no_random_negatives": ["mining.n_random=0"],
 }
-HEADLINE = ("standard/avg/recall@5", "multigrain/avg/recall@5", "gap/nearest")
+HEADLINE = (
+    "standard/avg/recall@5",
+    "multigrain/avg/recall@5",
+    "standard/avg/recall@1",
+    "multigrain/avg/recall@1",
+    "gap/nearest",
+)
 
 
 def run_one(args, seed: int, variant: str) -> dict:
