@@ -1,0 +1,106 @@
+"""ELVA's generative embedding on a tiny LoRA decoder: the [RET] embeddings equal a separate
+teacher-forced pass read with numpy, the rollout's scores, rewards and advantages follow from
+them, and one token-level GRPO update raises the log-probs of the rollouts with positive
+advantages relative to the others."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxrank.models.lm import CausalLM, LMConfig
+from jaxrank.models.lm_prompt import Prompt, left_pad
+from jaxrank.models.lm_scoring import completion_log_probs
+from jaxrank.models.lora import LoRAConfig, apply_lora, join_lora, split_lora
+from jaxrank.rewards.elva import ELVARewardConfig, elva_reward
+from jaxrank.rl import generative_embedding
+from jaxrank.rl.grpo import GRPOConfig, compute_advantages
+from jaxrank.rl.rollout import SamplingSettings
+from jaxrank.rl.token_grpo import make_token_grpo_loss
+from jaxrank.train_step import TrainState, make_train_step
+
+CONFIG = LMConfig(vocab_size=12, width=32, depth=1, heads=4, kv_heads=2, mlp_dim=48)
+RET = 5  # the [RET] token of this tiny vocabulary
+POOL, G = 4, 4  # query, positive, two negatives; G rollouts
+GRPO = GRPOConfig(num_generations=G, advantage="grpo", beta=0.2)
+REWARD = ELVARewardConfig()
+SETTINGS = SamplingSettings(max_new_tokens=24, temperature=1.5, stop_tokens=(RET,))
+
+
+def _prompt() -> Prompt:
+    rows = [[1, 2, 3], [4, 6], [7, 8, 9], [10, 2], [3, 3, 4], [6, 7], [8], [9, 10, 11]]
+    tokens, mask = left_pad(rows, length=4)
+    return Prompt.from_tokens(tokens, mask)
+
+
+def _model() -> CausalLM:
+    return apply_lora(CausalLM(CONFIG, rngs=nnx.Rngs(0)), LoRAConfig(4, 8.0), nnx.Rngs(1))
+
+
+@nnx.jit
+def _rollout(model, prompt, key):
+    return generative_embedding.rollout(model, prompt, key, SETTINGS, POOL, RET, GRPO, REWARD)
+
+
+def test_embeddings_scores_and_rewards_follow_from_the_ret_states():
+    model, prompt = _model(), _prompt()
+    out = jax.device_get(_rollout(model, prompt, jax.random.key(3)))
+    tokens, mask = np.asarray(out.completions.tokens), np.asarray(out.completions.mask)
+    # Independent read: one full teacher-forced pass per completion, [RET] located with numpy.
+    _, hidden = completion_log_probs(model, prompt.repeat(G), tokens, mask, 1.5)
+    hidden = np.asarray(hidden, np.float64)
+    found = ((tokens == RET) & mask).any(axis=1)
+    want = np.empty((len(tokens), CONFIG.width))
+    for row in range(len(tokens)):
+        hits = np.flatnonzero((tokens[row] == RET) & mask[row])
+        at = hits[-1] if len(hits) else tokens.shape[1] - 1
+        want[row] = hidden[row, at] / np.linalg.norm(hidden[row, at])
+    want = want.reshape(2, POOL, G, -1)
+    np.testing.assert_allclose(out.embeddings, want, atol=2e-5)
+
+    complete = found.reshape(2, POOL, G).all(axis=1)
+    assert complete.any() and not complete.all()  # both kinds of rollout are scored
+    np.testing.assert_array_equal(out.complete, complete)
+    positive = np.einsum("bgw,bgw->bg", want[:, 0], want[:, 1])
+    negative = np.einsum("bgw,bngw->bgn", want[:, 0], want[:, 2:])
+    np.testing.assert_allclose(out.positive_scores, positive, atol=2e-5)
+    np.testing.assert_allclose(out.negative_scores, negative, atol=2e-5)
+    rewards = np.where(complete, elva_reward(positive, negative, REWARD), -1.0)
+    np.testing.assert_allclose(out.rewards, rewards, atol=2e-5)
+    np.testing.assert_allclose(out.advantages, compute_advantages(rewards, "grpo"), atol=1e-4)
+    per_completion = np.asarray(out.completion_advantages).reshape(2, POOL, G)
+    for item in range(POOL):
+        np.testing.assert_array_equal(per_completion[:, item], out.advantages)
+
+
+def test_grpo_update_favours_the_rollouts_with_positive_advantages():
+    model, prompt = _model(), _prompt()
+    out = _rollout(model, prompt, jax.random.key(3))
+    graphdef, adapters, base = split_lora(model)
+
+    def log_probs(policy, batch):
+        logp, _ = completion_log_probs(
+            policy, prompt, batch["completion"], batch["completion_mask"], 1.5, group=G
+        )
+        return logp
+
+    batch = {
+        "completion": out.completions.tokens,
+        "completion_mask": out.completions.mask,
+        "advantages": out.completion_advantages,
+    }
+    optimizer = optax.sgd(0.5)
+    step = jax.jit(make_train_step(make_token_grpo_loss(graphdef, log_probs, GRPO), optimizer))
+    state, metrics = step(TrainState.create(adapters, optimizer, 0), batch, base)
+    assert np.isfinite(metrics["loss"])
+
+    def sequence_logp(adapters):
+        policy = join_lora(graphdef, adapters, base)
+        return np.asarray(log_probs(policy, batch).sum(axis=1)).reshape(-1, G)
+
+    change = sequence_logp(state.params) - sequence_logp(adapters)
+    advantages = np.asarray(out.completion_advantages)
+    assert (advantages > 0).any() and (advantages < 0).any()
+    assert change[advantages > 0].mean() > change[advantages < 0].mean() + 1e-3
