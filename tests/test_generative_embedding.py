@@ -8,8 +8,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import optax
+from fast_xla import fast_compile
 from flax import nnx
 
+from jaxrank import parallel
 from jaxrank.models.lm import CausalLM, LMConfig
 from jaxrank.models.lm_prompt import Prompt, left_pad
 from jaxrank.models.lm_scoring import completion_log_probs
@@ -18,15 +20,14 @@ from jaxrank.rewards.elva import ELVARewardConfig, elva_reward
 from jaxrank.rl import generative_embedding
 from jaxrank.rl.grpo import GRPOConfig, compute_advantages
 from jaxrank.rl.rollout import SamplingSettings
-from jaxrank.rl.token_grpo import make_token_grpo_loss
-from jaxrank.train_step import TrainState, make_train_step
+from jaxrank.train_step import TrainState, jit_train_step
 
 CONFIG = LMConfig(vocab_size=12, width=32, depth=1, heads=4, kv_heads=2, mlp_dim=48)
 RET = 5  # the [RET] token of this tiny vocabulary
 POOL, G = 4, 4  # query, positive, two negatives; G rollouts
 GRPO = GRPOConfig(num_generations=G, advantage="grpo", beta=0.2)
 REWARD = ELVARewardConfig()
-SETTINGS = SamplingSettings(max_new_tokens=24, temperature=1.5, stop_tokens=(RET,))
+SETTINGS = SamplingSettings(max_new_tokens=40, temperature=1.5, stop_tokens=(RET,))
 
 
 def _prompt() -> Prompt:
@@ -75,32 +76,59 @@ def test_embeddings_scores_and_rewards_follow_from_the_ret_states():
         np.testing.assert_array_equal(per_completion[:, item], out.advantages)
 
 
-def test_grpo_update_favours_the_rollouts_with_positive_advantages():
-    model, prompt = _model(), _prompt()
-    out = _rollout(model, prompt, jax.random.key(3))
-    graphdef, adapters, base = split_lora(model)
-
-    def log_probs(policy, batch):
-        logp, _ = completion_log_probs(
-            policy, prompt, batch["completion"], batch["completion_mask"], 1.5, group=G
-        )
-        return logp
-
-    batch = {
-        "completion": out.completions.tokens,
-        "completion_mask": out.completions.mask,
-        "advantages": out.completion_advantages,
-    }
+def _step(mesh):
+    """One generative-embedding GRPO step on ``mesh``: (adapters before, after, metrics)."""
+    graphdef, adapters, base = split_lora(_model())
     optimizer = optax.sgd(0.5)
-    step = jax.jit(make_train_step(make_token_grpo_loss(graphdef, log_probs, GRPO), optimizer))
-    state, metrics = step(TrainState.create(adapters, optimizer, 0), batch, base)
-    assert np.isfinite(metrics["loss"])
+    before = jax.device_get(adapters)
+    state, base = parallel.put_replicated((TrainState.create(adapters, optimizer, 0), base), mesh)
+    make = generative_embedding.make_step
+    step = make(
+        graphdef, generative_embedding.text_prompt, SETTINGS, POOL, RET, GRPO, REWARD, optimizer
+    )
+    prompt = _prompt()
+    batch = parallel.shard_batch({"tokens": prompt.tokens, "mask": prompt.mask}, mesh)
+    with jax.set_mesh(mesh):
+        state, metrics = jit_train_step(step, state)(state, batch, base)
+    return before, jax.device_get(state.params), jax.device_get(metrics), (graphdef, base)
+
+
+def test_grpo_step_favours_the_rollouts_with_positive_advantages():
+    mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
+    before, after, metrics, (graphdef, base) = _step(mesh)
+    assert np.isfinite(metrics["loss"]) and metrics["complete"] > 0
+    # The step's rollout, rebuilt outside with the key the step derives from its state.
+    key = jax.random.split(jax.random.fold_in(jax.random.key(0), 0))[0]
+    model, prompt = join_lora(graphdef, before, base), _prompt()
+    out = _rollout(model, prompt, key)
+    np.testing.assert_allclose(metrics["reward"], out.rewards.mean(), rtol=1e-5)
 
     def sequence_logp(adapters):
         policy = join_lora(graphdef, adapters, base)
-        return np.asarray(log_probs(policy, batch).sum(axis=1)).reshape(-1, G)
+        logp, _ = completion_log_probs(
+            policy, prompt, out.completions.tokens, out.completions.mask, 1.5, group=G
+        )
+        return np.asarray(logp.sum(axis=1)).reshape(-1, G)
 
-    change = sequence_logp(state.params) - sequence_logp(adapters)
+    change = sequence_logp(after) - sequence_logp(before)
     advantages = np.asarray(out.completion_advantages)
     assert (advantages > 0).any() and (advantages < 0).any()
     assert change[advantages > 0].mean() > change[advantages < 0].mean() + 1e-3
+
+
+@fast_compile()  # its time is almost all compilation
+def _sharded_and_single():
+    single = _step(parallel.make_mesh(1, 1, jax.devices()[:1]))
+    return single, _step(parallel.make_mesh(4, 2))
+
+
+def test_sharded_step_equals_single_device():
+    """Prompt rows split over data (a query's pool straddles devices), weights over model."""
+    (before, single, single_metrics, _), (_, sharded, metrics, _) = _sharded_and_single()
+    for key in ("loss", "reward", "complete", "kl"):
+        np.testing.assert_allclose(metrics[key], single_metrics[key], rtol=1e-5, atol=1e-7)
+    leaves = list(zip(*map(jax.tree.leaves, (before, sharded, single)), strict=True))
+    largest = max(np.abs(b - a).max() for a, _, b in leaves)
+    assert largest > 1e-3
+    for start, a, b in leaves:
+        np.testing.assert_allclose(a - start, b - start, rtol=1e-3, atol=1e-3 * largest)

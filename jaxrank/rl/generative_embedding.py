@@ -12,18 +12,24 @@ rollout's log-prob is the sum over its generated summaries.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import nnx
 
 from jaxrank.models.dual_encoder import l2_normalize
 from jaxrank.models.lm import CausalLM
 from jaxrank.models.lm_prompt import Prompt
 from jaxrank.models.lm_scoring import completion_log_probs, hidden_at_token
+from jaxrank.models.lora import join_lora
 from jaxrank.rewards.elva import ELVARewardConfig, elva_reward
 from jaxrank.rl.grpo import GRPOConfig, compute_advantages
 from jaxrank.rl.rollout import Completions, SamplingSettings, generate
+from jaxrank.rl.token_grpo import make_token_grpo_loss
+from jaxrank.train_step import make_train_step
 
 
 def ret_embeddings(
@@ -98,4 +104,68 @@ def rollout(
         rewards,
         advantages,
         per_completion.reshape(queries * pool, group),
+    )
+
+
+PromptOf = Callable[[nnx.Module, Any], tuple[CausalLM, Prompt]]
+
+
+def text_prompt(model: CausalLM, batch: dict[str, Any]) -> tuple[CausalLM, Prompt]:
+    """A text decoder's prompt rows: ``batch["tokens"]`` and ``batch["mask"]`` (left-padded)."""
+    return model, Prompt.from_tokens(batch["tokens"], batch["mask"])
+
+
+def make_step(
+    graphdef: nnx.GraphDef,
+    prompt_of: PromptOf,
+    settings: SamplingSettings,
+    pool: int,
+    ret_id: int,
+    grpo: GRPOConfig,
+    reward: ELVARewardConfig,
+    optimizer: optax.GradientTransformation,
+    missing_ret_reward: float = -1.0,
+):
+    """One GRPO step on a LoRA-adapted policy for ``jit_train_step``: the rollout (sampling,
+    [RET] embeddings, rewards) runs with the pre-update adapters, then token-level GRPO updates
+    the adapters; the base weights are the step's ``frozen``. ``prompt_of(model, batch)`` gives
+    the language model and the prompt rows (``text_prompt``, or a VLM's prompt with its image
+    tokens)."""
+    temperature = settings.log_prob_temperature
+
+    def sample(adapters, batch, rng, base):
+        model = nnx.view(join_lora(graphdef, adapters, base), deterministic=True)
+        lm, prompt = prompt_of(model, batch)
+        out = rollout(lm, prompt, rng, settings, pool, ret_id, grpo, reward, missing_ret_reward)
+        first = (out.positive_scores[..., None] > out.negative_scores).all(axis=-1)
+        metrics = {
+            "reward": out.rewards.mean(),
+            "complete": out.complete.mean(),
+            "positive_first": (first & out.complete).mean(),
+        }
+        filled = dict(
+            batch,
+            completion=out.completions.tokens,
+            completion_mask=out.completions.mask,
+            advantages=out.completion_advantages,
+        )
+        return filled, metrics
+
+    def log_probs(model, batch):
+        lm, prompt = prompt_of(model, batch)
+        logp, _ = completion_log_probs(
+            lm,
+            prompt,
+            batch["completion"],
+            batch["completion_mask"],
+            temperature,
+            group=grpo.num_generations,
+        )
+        return logp
+
+    return make_train_step(
+        make_token_grpo_loss(graphdef, log_probs, grpo),
+        optimizer,
+        rollout=sample,
+        updates_per_batch=grpo.updates_per_batch,
     )
