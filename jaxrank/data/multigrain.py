@@ -35,11 +35,6 @@ _HALF_OF["pattern_colour"] = _HALF_OF["pattern"]
 _QUERY_STREAM = 7  # an id of its own under the world seed (synthetic.py uses 0-2)
 
 
-def candidate_is_text(task: np.ndarray) -> np.ndarray:
-    """Which tasks retrieve knowledge-base texts (image->text) rather than images."""
-    return np.asarray(task) == I2T
-
-
 class MultiGrain:
     """The benchmark's neighbour structure and query renderer over one world."""
 

@@ -26,7 +26,7 @@ from jaxrank import losses, parallel, retrieval_eval
 from jaxrank.checkpoint import Checkpointer
 from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
-from jaxrank.data.multigrain import TASKS, MultiGrain
+from jaxrank.data.multigrain import I2T, TASKS, MultiGrain
 from jaxrank.models.gaussian_head import GaussianEmbeddingHead
 from jaxrank.models.task_embedding import candidates_of
 from jaxrank.optim import adamw_warmup_cosine
@@ -151,7 +151,7 @@ def mine(
     mining = mining_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     negatives = np.full((len(queries), mining.n_hard + mining.n_random), -1, np.int64)
-    modality = (instances["task"] == TASKS.index("i->t")).astype(int)
+    modality = (instances["task"] == I2T).astype(int)
     for m in (0, 1):
         chosen = np.flatnonzero(modality == m)
         index = Index.from_array(table[m], metric="cosine", mesh=mesh)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from jaxrank import report, retrieval_eval
-from jaxrank.data.multigrain import QUERY_SETS, TASKS, MultiGrain
+from jaxrank.data.multigrain import I2T, QUERY_SETS, TASKS, MultiGrain
 from jaxrank.recipes import elva_encoders
 from jaxrank.runlog import read_jsonl
 
@@ -53,7 +53,7 @@ class Evaluator:
                 self.cfg.eval.batch_size,
                 self.mesh,
             )
-            keys = table[int(TASKS[task] == "i->t")]
+            keys = table[int(task == I2T)]
             found = retrieval_eval.entity_retrieval_report(queries, keys, arrays["entity"], ks)
             for k in ks:
                 metrics[f"{name}/{TASKS[task]}/recall@{k}"] = found[f"recall@{k}"]
