@@ -14,7 +14,9 @@ from tabulate import tabulate
 from jaxrank.runlog import read_jsonl
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file and a rename: no reader, and no run
+    killed mid-write, ever sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -75,5 +77,5 @@ def plot_bars(
 
 def write_report(workdir: str | Path, results: Mapping[str, Any], markdown: str) -> None:
     workdir = Path(workdir)
-    _atomic_write(workdir / "report.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _atomic_write(workdir / "report.md", markdown)
+    atomic_write(workdir / "report.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    atomic_write(workdir / "report.md", markdown)

@@ -2,10 +2,8 @@
 
 import functools
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -14,6 +12,7 @@ import optax
 import pytest
 from fast_xla import fast_compile, subprocess_env
 from flax import nnx
+from kill_and_resume import sigkill_after
 
 from jaxrank import cli, parallel
 from jaxrank.configs import apply_overrides, load_config_file
@@ -121,13 +120,7 @@ def test_sigkill_then_resume_ends_with_the_same_results(tmp_path):
     subprocess.run(_train_cmd(tmp_path / "straight", steps), env=env, check=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, steps), env=env, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "10").exists():
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint at step 10"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_after(_train_cmd(killed, steps), killed / "checkpoints" / "10", env)
     assert not (killed / "report.json").exists()
     subprocess.run(_train_cmd(killed, steps), env=env, check=True, timeout=600)
 

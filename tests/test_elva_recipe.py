@@ -3,10 +3,8 @@ them, and the two-stage pipeline from the command line (report, curve, SIGKILL t
 
 import functools
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -15,6 +13,7 @@ import optax
 import pytest
 from fast_xla import fast_compile, subprocess_env
 from flax import nnx
+from kill_and_resume import sigkill_after
 from same_updates import assert_same_updates
 
 from jaxrank import parallel
@@ -139,13 +138,7 @@ def test_pipeline_then_sigkill_and_resume_end_alike(tmp_path):
     assert again["rl"] == report["rl"] and again["contrastive"] == report["contrastive"]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed), env=env, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "4").exists():
-        assert proc.poll() is None and time.time() < deadline, "no RL checkpoint at step 4"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_after(_train_cmd(killed), killed / "checkpoints" / "4", env)
     assert not (killed / "report.json").exists()
     subprocess.run(_train_cmd(killed), env=env, check=True, timeout=600)
     resumed = json.loads((killed / "report.json").read_text())

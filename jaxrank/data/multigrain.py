@@ -27,7 +27,6 @@ TASKS = ("t->i", "i->t", "i->i", "(i,t)->i")
 T2I, I2T, I2I, IT2I = range(len(TASKS))
 QUERY_SETS = ("standard", "multigrain")
 COARSE = ("shape", "colour")
-FINE = ("pattern", "pattern_colour")
 # The template's halves: a composed query's text names the target's half that differs.
 _BODY, _MARKING = ENTITY_TEMPLATE.split(" with ")
 _HALF_OF = {"shape": _BODY, "colour": _BODY, "pattern": "with " + _MARKING}

@@ -3,9 +3,10 @@
 contrastive stage (InfoNCE over the four tasks' queries and their positives, in-batch
 negatives) -> negatives for each RL instance mined with the sharded search (filtered hard +
 random) -> RL stage from the contrastive encoder: G query embeddings sampled from the Gaussian
-head, ELVA's reward against the positive and the negatives as the current encoder embeds them,
-GRPO with a KL to the contrastive model, all in one jitted step -> Recall@K on the standard and
-multi-grain sets and grain sensitivity, every ``train.eval_every`` steps (``elva_eval``).
+head, ELVA's reward against the positive and the negatives (embedded by the contrastive model,
+or re-embedded every step with ``candidates="current"``), GRPO with a KL to the contrastive
+model, all in one jitted step -> Recall@K on the standard and multi-grain sets and grain
+sensitivity, every ``train.eval_every`` steps (``elva_eval``).
 """
 
 from __future__ import annotations
@@ -89,10 +90,12 @@ def contrastive_loss(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
     return loss_fn
 
 
-def contrastive_stage(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> tuple[Any, Any]:
+def contrastive_stage(
+    cfg: ml_collections.ConfigDict, workdir: Path, bench: MultiGrain, kb: Any, mesh
+) -> tuple[Any, Any]:
     """``(graphdef, params)`` of the contrastive encoder, trained (or resumed) in
     ``contrastive_workdir`` (default ``<workdir>/contrastive``), which other RL runs with the
-    same ``CONTRASTIVE_KEYS`` may share."""
+    same ``CONTRASTIVE_KEYS`` may share. ``kb``: the knowledge base, replicated on ``mesh``."""
     stage_cfg = ml_collections.ConfigDict({k: cfg[k] for k in CONTRASTIVE_KEYS})
     directory = (
         Path(cfg.contrastive_workdir) if cfg.contrastive_workdir else workdir / CONTRASTIVE_DIR
@@ -102,16 +105,13 @@ def contrastive_stage(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> tu
     graphdef, params = nnx.split(model, nnx.Param)
     optimizer = adamw_warmup_cosine(cfg.contrastive)
     state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
-    kb = parallel.put_replicated(
-        contrastive.knowledge_base(contrastive.build_world(cfg), cfg), mesh
-    )
     step_fn = jit_train_step(make_train_step(contrastive_loss(graphdef, cfg), optimizer), state)
     with jax.set_mesh(mesh):
         state = fit(
             workdir=directory,
             state=state,
             step_fn=step_fn,
-            data=contrastive_data(benchmark(cfg), cfg),
+            data=contrastive_data(bench, cfg),
             place_batch=lambda b: parallel.shard_batch(b, mesh),
             total_steps=cfg.contrastive.steps,
             log_every=cfg.contrastive.log_every,
@@ -182,9 +182,10 @@ def frozen_candidates(cfg: ml_collections.ConfigDict) -> bool:
     return cfg.candidates == "frozen"
 
 
-def candidate_encoder(cfg: ml_collections.ConfigDict, params: Any, reference: Any) -> Any:
-    """The parameters that embed the candidates of an encoder ``params`` trained by this run."""
-    return reference if frozen_candidates(cfg) else params
+def candidates_for_evaluation(cfg: ml_collections.ConfigDict, frozen: dict) -> Any:
+    """The candidate table evaluation ranks against: the frozen one, or None (the evaluated
+    encoder embeds the candidates itself)."""
+    return frozen["table"] if frozen_candidates(cfg) else None
 
 
 def make_rl_step(cfg, graphdef, head_graphdef, optimizer):
@@ -251,15 +252,16 @@ def setup(cfg: ml_collections.ConfigDict, workdir: Path):
                 f"{mesh.shape[parallel.DATA]} devices of the data axis"
             )
     bench = benchmark(cfg)
-    graphdef, encoder = contrastive_stage(cfg, workdir, mesh)
-    head_graphdef, head = build_head(cfg, contrastive.build_model(cfg, mesh).config.embed_dim, mesh)
+    kb = parallel.put_replicated(contrastive.knowledge_base(bench.world, cfg), mesh)
+    graphdef, encoder = contrastive_stage(cfg, workdir, bench, kb, mesh)
+    table = jax.jit(candidate_embedder(graphdef, cfg))(encoder, kb)  # [2, N, D]
+    head_graphdef, head = build_head(cfg, table.shape[-1], mesh)
     optimizer = adamw_warmup_cosine(cfg.train)
     params = {"encoder": jax.tree.map(jnp.copy, encoder), "head": head}
     state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
-    kb = parallel.put_replicated(contrastive.knowledge_base(bench.world, cfg), mesh)
     frozen = {
         "kb": kb,
-        "table": jax.jit(candidate_embedder(graphdef, cfg))(encoder, kb),
+        "table": table,
         "reference": encoder,
         "reference_log_scale": jnp.copy(head["log_scale"][...]),
     }
@@ -290,8 +292,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     evaluator = elva_eval.Evaluator(cfg, bench, graphdef, frozen["kb"], mesh)
     curve = elva_eval.Curve(workdir / "eval.jsonl")
     with jax.set_mesh(mesh):
-        reference = frozen["reference"]
-        curve.record(0, lambda: evaluator(reference, reference))
+        curve.record(0, lambda: evaluator(frozen["reference"], frozen["table"]))
+        candidates = candidates_for_evaluation(cfg, frozen)
         arrays = training_arrays(cfg, bench, graphdef, frozen, mesh)
         data = array_batches(arrays, cfg.train.batch_size, cfg.seed, cfg.train.data_threads)
         step_fn = jit_train_step(make_rl_step(cfg, graphdef, head_graphdef, optimizer), state)
@@ -313,7 +315,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
                 samples_per_step=cfg.train.batch_size,
             )
             encoder = state.params["encoder"]
-            curve.record(stop, lambda p=encoder: evaluator(p, candidate_encoder(cfg, p, reference)))
+            curve.record(stop, lambda p=encoder: evaluator(p, candidates))
     info = {
         "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
         "contrastive_seconds": contrastive_seconds,
@@ -333,10 +335,9 @@ def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dic
     evaluator = elva_eval.Evaluator(cfg, bench, graphdef, frozen["kb"], mesh)
     curve = elva_eval.Curve(workdir / "eval.jsonl")
     with jax.set_mesh(mesh):
-        for at, params in ((0, frozen["reference"]), (step, state.params["encoder"])):
-            curve.replace(
-                at, evaluator(params, candidate_encoder(cfg, params, frozen["reference"]))
-            )
+        curve.replace(0, evaluator(frozen["reference"], frozen["table"]))
+        candidates = candidates_for_evaluation(cfg, frozen)
+        curve.replace(step, evaluator(state.params["encoder"], candidates))
     previous = workdir / "report.json"
     info = json.loads(previous.read_text())["train"] if previous.exists() else {}
     return elva_eval.write_report(workdir, cfg, curve.rows(), {**info, "rl_steps": step})

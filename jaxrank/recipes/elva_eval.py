@@ -6,7 +6,6 @@ these over RL steps, and the report."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ GRAINS = ("shape", "colour", "pattern", "pattern_colour", "nearest")
 
 class Evaluator:
     """Held-out queries rendered once, the encoders jitted once; call it with encoder params
-    (the queries' and the candidates') for a flat dict of metrics: ``{set}/{task}/recall@K``,
-    ``{set}/avg/recall@K`` and ``gap/{attribute}`` (grain sensitivity on the multi-grain set,
-    all tasks pooled)."""
+    (and optionally a fixed candidate table) for a flat dict of metrics:
+    ``{set}/{task}/recall@K``, ``{set}/avg/recall@K`` and ``gap/{attribute}`` (grain
+    sensitivity on the multi-grain set, all tasks pooled)."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, bench: MultiGrain, graphdef, kb, mesh):
         self.cfg, self.bench, self.kb, self.mesh = cfg, bench, kb, mesh
@@ -40,9 +39,11 @@ class Evaluator:
         self._embed = jax.jit(elva_encoders.query_embedder(graphdef, cfg))
         self._table = jax.jit(elva_encoders.candidate_embedder(graphdef, cfg))
 
-    def __call__(self, params: Any, candidate_params: Any) -> dict[str, float]:
-        """Queries embedded with ``params``, candidates with ``candidate_params``."""
-        table = np.asarray(jax.device_get(self._table(candidate_params, self.kb)))
+    def __call__(self, params: Any, table: Any = None) -> dict[str, float]:
+        """Queries embedded with ``params``; candidates from ``table`` [2, N, D] (image and
+        text embeddings of the knowledge base), by default embedded with ``params`` too."""
+        table = self._table(params, self.kb) if table is None else table
+        table = np.asarray(jax.device_get(table))
         ks = tuple(self.cfg.eval.ks)
         metrics: dict[str, float] = {}
         pooled_scores, pooled_entity = [], []
@@ -77,7 +78,7 @@ class Curve:
         self.path = path
 
     def rows(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.path) if self.path.exists() else []
+        return read_jsonl(self.path)
 
     def record(self, step: int, evaluate: Callable[[], dict[str, float]]) -> None:
         if any(row["step"] == step for row in self.rows()):
@@ -88,9 +89,7 @@ class Curve:
     def replace(self, step: int, metrics: dict[str, float]) -> None:
         kept = [row for row in self.rows() if row["step"] != step]
         kept = sorted([*kept, {"step": step, **metrics}], key=lambda row: row["step"])
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        os.replace(tmp, self.path)
+        report.atomic_write(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _recall_rows(first: dict, last: dict, k: int) -> list[dict[str, Any]]:
