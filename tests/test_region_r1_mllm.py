@@ -17,6 +17,7 @@ from flax import nnx
 from jaxrank import crop_tool, parallel
 from jaxrank.recipes import region_r1_mllm
 from jaxrank.recipes.mllm_crop_policy import build_base, completion_text
+from jaxrank.recipes.vlm_sft import with_adapters
 from jaxrank.rl import vlm_policy
 from jaxrank.rl.grpo import GRPOConfig, dr_grpo_advantages
 from jaxrank.rl.token_grpo import make_token_grpo_loss
@@ -102,7 +103,7 @@ def _update_inputs(base):
     """The tiny policy with LoRA adapters that look trained, and its sampling settings."""
     cfg = _cfg()
     graphdef, params = nnx.split(base.model, nnx.Param)
-    graphdef, adapters, rest = region_r1_mllm.lora_policy(cfg, graphdef, params)
+    graphdef, adapters, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
     adapters = jax.tree.map(
         lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), adapters
     )

@@ -31,7 +31,7 @@ from jaxrank import crop_tool, parallel, rerank
 from jaxrank.checkpoint import Checkpointer
 from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
-from jaxrank.models.lora import LoRAConfig, adapters_off, apply_lora, split_lora
+from jaxrank.models.lora import adapters_off
 from jaxrank.optim import adamw_warmup_cosine
 from jaxrank.recipes import region_r1, region_r1_eval
 from jaxrank.recipes.mllm_crop_policy import (
@@ -40,11 +40,12 @@ from jaxrank.recipes.mllm_crop_policy import (
     build_base,
     completion_text,
 )
+from jaxrank.recipes.vlm_sft import answer_nll_loss, supervised_stage, with_adapters
 from jaxrank.rl import region_grpo, vlm_policy
 from jaxrank.rl.rollout import SamplingSettings
 from jaxrank.rl.sampling import slots_to_flip
 from jaxrank.rl.token_grpo import make_token_grpo_loss
-from jaxrank.train_step import TrainState, jit_train_step, make_train_step
+from jaxrank.train_step import TrainState, make_train_step
 from jaxrank.trainer import fit
 from jaxrank.workdir import WorkdirError, prepare_workdir
 
@@ -88,71 +89,33 @@ def sft_targets(
     ]
 
 
-def sft_loss(graphdef: nnx.GraphDef, grid):
-    log_probs = vlm_policy.completion_log_probs_fn(grid, 1, 1.0)
-
-    def loss_fn(params, batch, rng, frozen):
-        del rng, frozen
-        logp = log_probs(nnx.merge(graphdef, params), batch)
-        tokens = batch["completion_mask"].sum()
-        nll = -logp.sum() / jnp.maximum(tokens, 1)
-        return nll, {"nll": nll}
-
-    return loss_fn
-
-
 def warm_start(cfg, workdir: Path, base: CropPolicyBase, train: dict[str, Any] | None, mesh):
-    """The base's parameters after ``sft.steps`` supervised steps (``<workdir>/sft``,
-    resumable); ``train`` may be None once the stage has finished."""
+    """The base's parameters after ``sft.steps`` supervised steps on every weight
+    (``<workdir>/sft``, resumable); ``train`` may be None once the stage has finished."""
     graphdef, params = nnx.split(base.model, nnx.Param)
     if cfg.sft.steps == 0:
         return graphdef, params
-    directory = workdir / "sft"
-    directory.mkdir(exist_ok=True)
-    optimizer = adamw_warmup_cosine(cfg.sft)
-    state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
-    with Checkpointer(directory / "checkpoints") as checkpointer:
-        if checkpointer.latest_step() == cfg.sft.steps:
-            return graphdef, checkpointer.restore(state)[1].params
-    if train is None:
-        raise WorkdirError(f"{directory} holds no finished warm start; train the run first")
-    texts = sft_targets(cfg, base, train["boxes"], train["images"].shape[1:3])
-    step_fn = jit_train_step(make_train_step(sft_loss(graphdef, base.grid), optimizer), state)
 
-    def place(batch):
-        rows = batch["rows"]
-        host = base.prompts([train["questions"][r] for r in rows], batch["images"])
-        host.update(base.targets([texts[r] for r in rows], cfg.policy.max_new_tokens))
-        return parallel.shard_batch(host, mesh)
+    def data():
+        texts = sft_targets(cfg, base, train["boxes"], train["images"].shape[1:3])
 
-    with jax.set_mesh(mesh):
-        state = fit(
-            workdir=directory,
-            state=state,
-            step_fn=step_fn,
-            data=array_batches(
-                {"images": train["images"], "rows": train["rows"]}, cfg.sft.batch_size, cfg.seed
-            ),
-            place_batch=place,
-            total_steps=cfg.sft.steps,
-            log_every=cfg.sft.log_every,
-            checkpoint_every=cfg.sft.checkpoint_every,
-            samples_per_step=cfg.sft.batch_size,
-        )
-    return graphdef, state.params
+        def place(batch):
+            rows = batch["rows"]
+            host = base.prompts([train["questions"][r] for r in rows], batch["images"])
+            host.update(base.targets([texts[r] for r in rows], cfg.policy.max_new_tokens))
+            return parallel.shard_batch(host, mesh)
+
+        arrays = {"images": train["images"], "rows": train["rows"]}
+        return array_batches(arrays, cfg.sft.batch_size, cfg.seed), place
+
+    loss = answer_nll_loss(graphdef, base.grid, adapters=False)
+    params = supervised_stage(
+        cfg.sft, workdir / "sft", params, loss, cfg.seed, mesh, None if train is None else data
+    )
+    return graphdef, params
 
 
 # ---- r-GRPO ----------------------------------------------------------------------------------
-
-
-def lora_policy(cfg, graphdef, params):
-    """The warm-started model with LoRA adapters: (graphdef, adapters, frozen rest)."""
-    model = nnx.merge(graphdef, params)
-    lora = cfg.lora.to_dict()
-    if not isinstance(lora["targets"], str):
-        lora["targets"] = tuple(lora["targets"])
-    apply_lora(model, LoRAConfig(**lora), nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
-    return split_lora(model)
 
 
 def make_judge(cfg, scorer: region_r1.Scorer, rl: region_grpo.RegionGRPOConfig):
@@ -404,7 +367,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     sft_started = time.perf_counter()
     graphdef, params = warm_start(cfg, source, base, train, mesh)
     sft_seconds = time.perf_counter() - sft_started
-    graphdef, adapters, rest = lora_policy(cfg, graphdef, params)
+    graphdef, adapters, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
     optimizer = adamw_warmup_cosine(cfg.train)
     state = jax.jit(lambda a: TrainState.create(a, optimizer, cfg.seed))(adapters)
     # The reference policy is the base itself (adapters off), so frozen holds no "ref".
