@@ -25,6 +25,7 @@ RECIPES = {
     "contrastive": "jaxrank.recipes.contrastive",
     "elva": "jaxrank.recipes.elva",
     "region_r1": "jaxrank.recipes.region_r1",
+    "rar": "jaxrank.recipes.rar",
     "region_r1_mllm": "jaxrank.recipes.region_r1_mllm",
 }
 USER_ERRORS = (

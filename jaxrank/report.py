@@ -75,6 +75,32 @@ def plot_bars(
     return out
 
 
+def plot_lines(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    out: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str = "accuracy",
+) -> Path:
+    """One line per series over the shared ``x`` (log-2 axis: shot counts double)."""
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    for name, values in series.items():
+        ax.plot(x, values, marker="o", linewidth=1.2, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(x), [str(v) for v in x])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    return out
+
+
 def write_report(workdir: str | Path, results: Mapping[str, Any], markdown: str) -> None:
     workdir = Path(workdir)
     atomic_write(workdir / "report.json", json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -42,7 +42,6 @@ from jaxrank.recipes.mllm_crop_policy import (
 )
 from jaxrank.recipes.vlm_sft import answer_nll_loss, supervised_stage, with_adapters
 from jaxrank.rl import region_grpo, vlm_policy
-from jaxrank.rl.rollout import SamplingSettings
 from jaxrank.rl.sampling import slots_to_flip
 from jaxrank.rl.token_grpo import make_token_grpo_loss
 from jaxrank.train_step import TrainState, make_train_step
@@ -53,13 +52,8 @@ QUERY_KEYS = ("images", "boxes", "pool_ids", "labels", "pool_valid", "rows")
 
 
 def sampling_settings(cfg: ml_collections.ConfigDict, base: CropPolicyBase, greedy: bool):
-    tokenizer = base.inputs.tokenizer
-    return SamplingSettings(
-        max_new_tokens=cfg.policy.max_new_tokens,
-        temperature=0.0 if greedy else cfg.policy.temperature,
-        stop_tokens=(tokenizer.eos_token_id,),
-        pad_id=tokenizer.pad_token_id,
-    )
+    temperature = 0.0 if greedy else cfg.policy.temperature
+    return base.sampling(cfg.policy.max_new_tokens, temperature)
 
 
 def forced_openings(base: CropPolicyBase) -> dict[int, list[int]]:

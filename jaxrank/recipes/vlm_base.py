@@ -27,6 +27,7 @@ from jaxrank.models.hf.qwen_vl_processor import smart_resize
 from jaxrank.models.lm import LMConfig
 from jaxrank.models.qwen_vision import QwenVisionConfig
 from jaxrank.models.vlm import VisionLanguageModel, VLMConfig
+from jaxrank.rl.rollout import SamplingSettings
 
 
 def tiny_vlm_config(tiny: ml_collections.ConfigDict, vocab_size: int, image_token_id: int):
@@ -150,6 +151,16 @@ class VLMBase:
         for i, row in enumerate(rows):
             tokens[i, : len(row)], mask[i, : len(row)] = row, True
         return {"completion": tokens, "completion_mask": mask}
+
+    def sampling(self, max_new_tokens: int, temperature: float) -> SamplingSettings:
+        """Sampling that stops at the end-of-turn token (``temperature`` 0: greedy)."""
+        tokenizer = self.inputs.tokenizer
+        return SamplingSettings(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            stop_tokens=(tokenizer.eos_token_id,),
+            pad_id=tokenizer.pad_token_id,
+        )
 
     def decode(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
         """The texts of sampled tokens ``[N, L]`` (``mask`` marks the generated ones)."""
