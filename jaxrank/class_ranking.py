@@ -36,7 +36,7 @@ _SPACES = re.compile(r"\s+")
 
 def ranking_prompt(names: Sequence[str]) -> str:
     """The paper's prompt for ``names`` in retrieval order (k = their number)."""
-    return PROMPT.format(k=len(names), names=str(list(names)))
+    return PROMPT.format(k=len(names), names=str([str(name) for name in names]))
 
 
 def _normalise(name: str) -> str:

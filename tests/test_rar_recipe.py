@@ -9,11 +9,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import ml_collections
 import numpy as np
+import PIL.Image
 import pytest
+import tensorflow_datasets as tfds
 from flax import nnx
 from kill_and_resume import sigkill_after
 from test_contrastive_recipe import subprocess_env
@@ -22,15 +25,19 @@ from jaxrank import parallel
 from jaxrank.class_ranking import ranking_prompt
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
 from jaxrank.data.arrays import array_batches
+from jaxrank.data.fewshot_tfds import load_split, sample_shots, split_labels
 from jaxrank.data.labelled_images import DIGIT_NAMES, digits, partition
 from jaxrank.recipes import rar
+from jaxrank.recipes.rar_data import load_data
 from jaxrank.recipes.rar_memory import memory_embedder
 from jaxrank.recipes.rar_ranker import answer_text, build_ranker, make_scorer
 from jaxrank.recipes.vlm_sft import answer_nll_loss, supervised_stage, with_adapters
 from jaxrank.rl import vlm_policy
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "rar" / "digits.py"
+FEWSHOT = CONFIG.with_name("fewshot.py")
 TINY = (
+    "data.image_size=16",
     "ranker.image_size=16",
     "ranker.tiny.vocab_size=300",
     "ranker.tiny.width=32",
@@ -81,22 +88,26 @@ def test_pixel_memory_is_the_images_correlation():
     np.testing.assert_allclose(rows @ rows.T, np.corrcoef(flat), atol=1e-5)
 
 
+def _names(rows):
+    return [[DIGIT_NAMES[c] for c in row] for row in rows]
+
+
 def test_prompt_answer_and_reading_round_trip(ranker):
-    shown = [[3, 8, 5, 0, 9], [1, 7, 2, 4, 6]]
+    shown = _names([[3, 8, 5, 0, 9], [1, 7, 2, 4, 6]])
     images = digits(16).images[:2]
     batch = ranker.prompts(images, shown)
     decoded = ranker.inputs.tokenizer.decode(batch["tokens"][0][batch["mask"][0]])
-    assert ranking_prompt([DIGIT_NAMES[c] for c in shown[0]]) in decoded
+    assert ranking_prompt(shown[0]) in decoded
     assert (batch["tokens"] == ranker.inputs.image_token_id).sum(axis=1).tolist() == [1, 1]
-    ranked = [[8, 3, 0, 9, 5], [4, 6, 1, 2, 7]]
+    ranked = _names([[8, 3, 0, 9, 5], [4, 6, 1, 2, 7]])
     answers = ranker.answers(ranked, 32)
     readings = ranker.read(answers["completion"], answers["completion_mask"], shown)
     assert [[s[i] for i in r.order] for s, r in zip(shown, readings, strict=True)] == ranked
     assert {r.outcome for r in readings} == {"ranked"}
     # Each score-path opening is how the answer ranking that class first begins.
     openings = ranker.openings(shown, 8)
-    for row, c in enumerate(np.ravel(shown)):
-        full = ranker.token_ids(answer_text([DIGIT_NAMES[c], "x"]))
+    for row, name in enumerate(n for names in shown for n in names):
+        full = ranker.token_ids(answer_text([name, "x"]))
         opening = openings["completion"][row][openings["completion_mask"][row]]
         assert full[: len(opening)] == opening.tolist()
 
@@ -106,7 +117,7 @@ def test_score_path_equals_teacher_forced_openings(ranker):
         tiny_config().lora, *nnx.split(ranker.model, nnx.Param), seed=0
     )
     adapters = jax.tree.map(lambda a: a + 0.05, adapters)  # adapters that change the model
-    shown = [[3, 8, 5, 0, 9], [1, 7, 2, 4, 6]]
+    shown = _names([[3, 8, 5, 0, 9], [1, 7, 2, 4, 6]])
     batch = ranker.prompts(digits(16).images[5:7], shown)
     openings = ranker.openings(shown, 8)
     scores = np.asarray(make_scorer(graphdef, ranker.grid)(adapters, rest, batch, openings))
@@ -135,7 +146,7 @@ def test_lora_finetuning_moves_only_adapters_and_lowers_the_nll(ranker, tmp_path
     )
     graphdef, adapters, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
     images = digits(16).images[:8]
-    shown = [[i % 10, (i + 1) % 10, (i + 2) % 10] for i in range(8)]
+    shown = _names([[i % 10, (i + 1) % 10, (i + 2) % 10] for i in range(8)])
     batch = ranker.prompts(images, shown)
     batch.update(ranker.answers([s[::-1] for s in shown], 24))
     loss = answer_nll_loss(graphdef, ranker.grid, adapters=True)
@@ -173,7 +184,7 @@ def test_lora_finetuning_moves_only_adapters_and_lowers_the_nll(ranker, tmp_path
 
 def test_bad_settings_name_the_key():
     with pytest.raises(ConfigError, match=r"data\.source='cifar'"):
-        rar.load_parts(tiny_config("data.source=cifar"))
+        load_data(tiny_config("data.source=cifar"))
     assert rar.k_for(tiny_config(), 4) == 4 and rar.k_for(tiny_config(), 8) == 5
 
 
@@ -216,3 +227,61 @@ def test_pipeline_then_sigkill_and_resume_end_alike(tmp_path):
         for d in (straight / "finetune", killed / "finetune")
     ]
     assert logs[0] == logs[1]
+
+
+class JaxrankDigitsTiny(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """scikit-learn's digits as a TFDS dataset: shots, queries and the ranker's pool."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    SPLITS: ClassVar = {"train": range(0, 300), "test": range(300, 340), "ranker": range(340, 540)}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=list(DIGIT_NAMES)),
+            "index": tfds.features.Scalar(dtype=np.int64),
+        }
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(rows) for split, rows in self.SPLITS.items()}
+
+    def _generate_examples(self, rows):
+        data = digits(16)
+        for i in rows:  # PIL images: TFDS encodes numpy arrays with TensorFlow
+            image = PIL.Image.fromarray(data.images[i])
+            yield i, {"image": image, "label": int(data.labels[i]), "index": i}
+
+
+def test_tfds_dataset_through_the_pipeline(tmp_path):
+    """A TFDS dataset read by name (array_record, no TensorFlow) gives the memories, queries
+    and ranker pool the recipe runs on: the same images as the source, shots as sampled."""
+    JaxrankDigitsTiny(data_dir=tmp_path, file_format="array_record").download_and_prepare()
+    name = "jaxrank_digits_tiny"
+    cfg = apply_overrides(load_config_file(FEWSHOT), [
+        *TINY, f"data.name={name}", f"data.data_dir={tmp_path}", f"data.finetune_name={name}",
+        "data.finetune_split=ranker", "memory.encoder=pixels", "ranker.checkpoint=",
+        "ranker.dtype=float32", "ranker.max_new_tokens=12", "ranker.opening_length=8",
+        "eval.shots=(1, 2)", "eval.batch_size=16", "finetune.epochs=0.01",
+        "finetune.batch_size=8", "finetune.train=all",
+    ])  # fmt: skip
+    data = load_data(cfg)
+    source = digits(16)
+    for part, rows in ((data.test, range(300, 340)), (data.ranker_pool, range(340, 540))):
+        assert len(part) == len(rows) and part.names == DIGIT_NAMES
+        written = source.images[list(rows)].reshape(len(rows), -1)
+        read = part.images.reshape(len(part), -1)
+        same = (read[:, None] == written[None]).all(axis=-1)  # [read, written]
+        assert same.any(axis=1).all()  # every image read was written (TFDS shuffles them)
+        found = np.asarray(rows)[same.argmax(axis=1)]
+        np.testing.assert_array_equal(part.labels, source.labels[found])
+    train_labels = split_labels(load_split(name, "train", tmp_path))
+    for shots in (1, 2):
+        assert np.bincount(data.shots[shots].labels).tolist() == [shots] * 10
+        picked = sample_shots(train_labels, shots, cfg.seed)
+        np.testing.assert_array_equal(data.shots[shots].labels, train_labels[picked])
+    rows = rar.train_and_evaluate(cfg, tmp_path / "run")
+    assert [r["shots"] for r in rows] == [1, 2]
+    assert all("knn_with_ranker_pool" in r for r in rows)  # the pool has the test's classes
+    for r in rows:
+        assert r["knn"] <= r["truth_in_top_k"] and r["rar_score"] <= r["truth_in_top_k"]

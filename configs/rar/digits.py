@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         {
             "source": "digits",
+            "image_size": 32,  # the scans' 8 x 8, upsampled
             # ranker pool, shot pool (the test queries take the rest), per class
             "fractions": (0.5, 0.25),
             "split_seed": 0,  # fixed, so every seed is tested on the same queries

@@ -10,6 +10,7 @@ the pool the few-shot memories are drawn from, and the test queries.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
@@ -28,6 +29,9 @@ class LabelledImages:
 
     def take(self, rows: np.ndarray) -> LabelledImages:
         return LabelledImages(self.images[rows], self.labels[rows], self.names)
+
+    def names_of(self, classes: Sequence[int]) -> list[str]:
+        return [self.names[c] for c in classes]
 
 
 def digits(size: int) -> LabelledImages:

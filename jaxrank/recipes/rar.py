@@ -35,9 +35,9 @@ from jaxrank.class_memory import ClassMemory
 from jaxrank.class_ranking import ranking_report
 from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
-from jaxrank.data.fewshot_tfds import sample_shots
-from jaxrank.data.labelled_images import LabelledImages, digits, partition
+from jaxrank.data.labelled_images import LabelledImages
 from jaxrank.ranking_data import ranking_examples, split_halves
+from jaxrank.recipes.rar_data import RARData, load_data
 from jaxrank.recipes.rar_memory import Embed, memory_embedder
 from jaxrank.recipes.rar_ranker import BASE_DIR, RankerBase, build_ranker, make_scorer
 from jaxrank.recipes.vlm_sft import answer_nll_loss, supervised_stage, with_adapters
@@ -45,17 +45,6 @@ from jaxrank.rl import vlm_policy
 from jaxrank.workdir import WorkdirError, prepare_workdir
 
 STRATEGIES = ("knn", "rar_generate", "rar_score", "truth_in_top_k", "knn_with_ranker_pool")
-
-
-def load_parts(cfg: ml_collections.ConfigDict) -> tuple[LabelledImages, ...]:
-    """(ranker pool, shot pool, test) of ``cfg.data``."""
-    if cfg.data.source != "digits":
-        raise ConfigError(
-            f"data.source={cfg.data.source!r}: expected 'digits' (TFDS few-shot sets are read by "
-            "jaxrank.data.fewshot_tfds; configs/rar/fewshot.py documents that setting)"
-        )
-    data = digits(cfg.ranker.image_size)
-    return partition(data, tuple(cfg.data.fractions), cfg.data.split_seed)
 
 
 def k_for(cfg: ml_collections.ConfigDict, shots: int) -> int:
@@ -89,8 +78,9 @@ def _finetune_data(cfg, ranker: RankerBase, pool: LabelledImages, embed: Embed, 
         def place(batch):
             chosen = [examples[r] for r in batch["rows"]]
             images = queries.images[[e.query for e in chosen]]
-            host = ranker.prompts(images, [e.shown for e in chosen])
-            host.update(ranker.answers([e.target for e in chosen], cfg.ranker.max_new_tokens))
+            host = ranker.prompts(images, [pool.names_of(e.shown) for e in chosen])
+            targets = [pool.names_of(e.target) for e in chosen]
+            host.update(ranker.answers(targets, cfg.ranker.max_new_tokens))
             return parallel.shard_batch(host, mesh)
 
         rows = {"rows": np.arange(len(examples))}
@@ -151,13 +141,13 @@ class RankerPrograms:
         self.sample = vlm_policy.make_sampler(graphdef, settings, 1, ranker.grid)
         self.score = make_scorer(graphdef, ranker.grid)
 
-    def __call__(self, images: np.ndarray, classes: np.ndarray):
+    def __call__(self, images: np.ndarray, classes: np.ndarray, names: tuple[str, ...]):
         """Per query: the generated answer's ``Ranking`` over ``classes [Q, k]`` (indices
-        into each row) and the score path's best index."""
+        into each row; ``names`` by class id) and the score path's best index."""
         size, rankings, best = self.cfg.eval.batch_size, [], []
         place = lambda tree: parallel.shard_batch(tree, self.mesh)
         for start in range(0, len(images), size):
-            shown = classes[start : start + size].tolist()
+            shown = [[names[c] for c in row] for row in classes[start : start + size].tolist()]
             n = len(shown)
             shown += [shown[-1]] * (size - n)  # pad the last batch: one compiled program
             rows = images[start : start + size]
@@ -177,29 +167,21 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predicted == labels))
 
 
-def evaluate(cfg, programs: RankerPrograms, parts, embed: Embed) -> list[dict[str, Any]]:
+def evaluate(cfg, programs: RankerPrograms, data: RARData, embed: Embed) -> list[dict[str, Any]]:
     """One row per shot count: each strategy's top-1 accuracy on the test queries, and the
     generated answers' parse outcomes."""
-    pool, shot_pool, test = parts
-    if cfg.eval.num_queries:
-        test = test.take(np.arange(min(cfg.eval.num_queries, len(test))))
-    batch = cfg.eval.batch_size
+    batch, test = cfg.eval.batch_size, data.test
     queries = embed_all(embed, test.images, batch)
-    pool_rows = embed_all(embed, pool.images, batch)
+    pool_rows = embed_all(embed, data.ranker_pool.images, batch)
+    same_classes = data.ranker_pool.names == test.names
     rows = []
     for shots in cfg.eval.shots:
         k = k_for(cfg, shots)
-        chosen = shot_pool.take(
-            sample_shots(shot_pool.labels, shots, cfg.seed, num_classes=len(test.names))
-        )
+        chosen = data.shots[shots]
         classes, _ = shot_memory(embed, chosen, batch).top_classes(queries, k)
-        rankings, best = programs(test.images, classes)
+        rankings, best = programs(test.images, classes, test.names)
         every = np.arange(len(classes))
         generated = classes[every, [r.prediction for r in rankings]]
-        with_pool = ClassMemory.from_embeddings(
-            np.concatenate([embed_all(embed, chosen.images, batch), pool_rows]),
-            np.concatenate([chosen.labels, pool.labels]),
-        )
         row = {
             "shots": shots,
             "k": k,
@@ -207,18 +189,23 @@ def evaluate(cfg, programs: RankerPrograms, parts, embed: Embed) -> list[dict[st
             "rar_generate": accuracy(generated, test.labels),
             "rar_score": accuracy(classes[every, best], test.labels),
             "truth_in_top_k": float(np.mean((classes == test.labels[:, None]).any(axis=1))),
-            "knn_with_ranker_pool": accuracy(
-                with_pool.top_classes(queries, 1)[0][:, 0], test.labels
-            ),
             "answers": ranking_report(rankings),
         }
+        if same_classes:  # the ranker's pool is labelled with the test's classes
+            with_pool = ClassMemory.from_embeddings(
+                np.concatenate([embed_all(embed, chosen.images, batch), pool_rows]),
+                np.concatenate([chosen.labels, data.ranker_pool.labels]),
+            )
+            found = with_pool.top_classes(queries, 1)[0][:, 0]
+            row["knn_with_ranker_pool"] = accuracy(found, test.labels)
         rows.append(row)
     return rows
 
 
 def write_report(workdir: Path, cfg, rows, info: dict[str, Any]) -> None:
-    columns = ["shots", "k", *STRATEGIES]
-    series = {s: [r[s] for r in rows] for s in STRATEGIES}
+    present = [s for s in STRATEGIES if s in rows[0]]
+    columns = ["shots", "k", *present]
+    series = {s: [r[s] for r in rows] for s in present}
     shots = [r["shots"] for r in rows]
     plot = report.plot_lines(
         shots, series, workdir / "accuracy.png", "RAR: top-1 accuracy by shots", "shots"
@@ -227,7 +214,7 @@ def write_report(workdir: Path, cfg, rows, info: dict[str, Any]) -> None:
     markdown = "\n\n".join(
         [
             f"# RAR on {cfg.data.source} (seed {cfg.seed})",
-            "Images: ranker pool {}, shot pool {}, test {}.".format(*info["sizes"]),
+            "Images: ranker pool {}, largest memory {}, test {}.".format(*info["sizes"]),
             "Top-1 accuracy on the test queries:",
             report.table(rows, columns),
             "The ranker's generated answers:",
@@ -258,20 +245,22 @@ def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> lis
 def _run(cfg, workdir: Path, train: bool) -> list[dict]:
     started = time.perf_counter()
     mesh = parallel.mesh_from_config(cfg.mesh)
-    parts = load_parts(cfg)
-    if not train and not _finished(cfg, workdir, len(parts[0])):
+    data = load_data(cfg)
+    pool = data.ranker_pool
+    if not train and not _finished(cfg, workdir, len(pool)):
         raise WorkdirError(f"{workdir} holds no finished ranking fine-tuning; train it first")
     embed = memory_embedder(cfg.memory)
-    ranker = build_ranker(cfg, workdir / BASE_DIR, parts[0].names, mesh)
-    graphdef, adapters, rest = finetuned_ranker(cfg, workdir, ranker, parts[0], embed, mesh, train)
+    names = tuple(dict.fromkeys((*pool.names, *data.test.names)))
+    ranker = build_ranker(cfg, workdir / BASE_DIR, names, mesh)
+    graphdef, adapters, rest = finetuned_ranker(cfg, workdir, ranker, pool, embed, mesh, train)
     finetuned = time.perf_counter()
     with jax.set_mesh(mesh):
         programs = RankerPrograms(cfg, ranker, graphdef, adapters, rest, mesh)
-        rows = evaluate(cfg, programs, parts, embed)
+        rows = evaluate(cfg, programs, data, embed)
     info = {
         "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
-        "sizes": [len(p) for p in parts],
-        "finetune_steps": finetune_steps(cfg, len(parts[0])),
+        "sizes": [len(pool), len(data.shots[max(data.shots)]), len(data.test)],
+        "finetune_steps": finetune_steps(cfg, len(pool)),
         "finetune_seconds": finetuned - started,
         "eval_seconds": time.perf_counter() - finetuned,
     }

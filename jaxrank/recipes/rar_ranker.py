@@ -16,7 +16,6 @@ Two ways to read it, both over the same prompt:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,7 +36,7 @@ BASE_DIR = "ranker_base"  # the tiny ranker's tokenizer and image processor, in 
 
 def answer_text(names: Sequence[str]) -> str:
     """The answer that ranks ``names`` in this order: a list literal, as the prompt writes."""
-    return str(list(names))
+    return str([str(name) for name in names])  # plain str: numpy's would print np.str_(...)
 
 
 def _corpus(names: Sequence[str], k: int) -> list[str]:
@@ -47,29 +46,25 @@ def _corpus(names: Sequence[str], k: int) -> list[str]:
     return [*(ranking_prompt(s) for s in sets), *(answer_text(s) for s in sets), *names]
 
 
-@dataclasses.dataclass
 class RankerBase(VLMBase):
-    """The ranker's model before LoRA, and the class names (by class id) it ranks."""
+    """The ranker's model before LoRA. Candidates are class names, in prompt order."""
 
-    names: tuple[str, ...] = ()
-
-    def conversation(self, shown: Sequence[int]) -> list[dict]:
-        prompt = ranking_prompt([self.names[c] for c in shown])
+    def conversation(self, names: Sequence[str]) -> list[dict]:
+        prompt = ranking_prompt(names)
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
-    def prompts(self, images: np.ndarray, shown: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        """The batch asking to rank the classes ``shown`` (ids, in prompt order) per image."""
-        return self.encode([self.conversation(s) for s in shown], images)
+    def prompts(self, images: np.ndarray, shown: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+        """The batch asking to rank the names ``shown`` (in prompt order) per image."""
+        return self.encode([self.conversation(names) for names in shown], images)
 
-    def answers(self, ranked: Sequence[Sequence[int]], length: int) -> dict[str, np.ndarray]:
-        """Supervised targets: each answer listing the class ids ``ranked`` in order."""
-        texts = [answer_text([self.names[c] for c in r]) for r in ranked]
-        return self.targets(texts, length)
+    def answers(self, ranked: Sequence[Sequence[str]], length: int) -> dict[str, np.ndarray]:
+        """Supervised targets: each answer listing the names ``ranked`` in order."""
+        return self.targets([answer_text(names) for names in ranked], length)
 
-    def openings(self, shown: Sequence[Sequence[int]], length: int) -> dict[str, np.ndarray]:
+    def openings(self, shown: Sequence[Sequence[str]], length: int) -> dict[str, np.ndarray]:
         """Completions ``[B*k, length]`` ``['<name>',`` for the score path (row b*k + j:
-        query b's j-th shown class), no end-of-turn token."""
-        rows = [self.token_ids(f"[{self.names[c]!r},") for s in shown for c in s]
+        query b's j-th shown name), no end-of-turn token."""
+        rows = [self.token_ids(f"[{str(name)!r},") for names in shown for name in names]
         if max(map(len, rows)) > length:
             raise ValueError(f"a class name needs {max(map(len, rows))} tokens > {length}")
         tokens = np.zeros((len(rows), length), np.int32)
@@ -79,26 +74,24 @@ class RankerBase(VLMBase):
         return {"completion": tokens, "completion_mask": mask}
 
     def read(
-        self, tokens: np.ndarray, mask: np.ndarray, shown: Sequence[Sequence[int]]
+        self, tokens: np.ndarray, mask: np.ndarray, shown: Sequence[Sequence[str]]
     ) -> list[Ranking]:
         """Each generated answer parsed against its shown names (orders index ``shown``)."""
         texts = self.decode(tokens, mask)
-        return [
-            parse_ranking(text, [self.names[c] for c in s])
-            for text, s in zip(texts, shown, strict=True)
-        ]
+        return [parse_ranking(text, names) for text, names in zip(texts, shown, strict=True)]
 
 
 def build_ranker(
     cfg: ml_collections.ConfigDict, folder: Path, names: Sequence[str], mesh: jax.sharding.Mesh
 ) -> RankerBase:
     """``cfg.ranker.checkpoint`` when set; else the tiny random ranker of ``cfg.ranker.tiny``,
-    its tokenizer trained on prompts over ``names`` and kept in ``folder``."""
+    its tokenizer trained on prompts over ``names`` (every class it will see) and kept in
+    ``folder``."""
     section = cfg.ranker
     model, inputs = load_model_and_inputs(
         section, folder, lambda: _corpus(names, cfg.k), cfg.seed, mesh
     )
-    return RankerBase(model, inputs, section.image_size, names=tuple(names))
+    return RankerBase(model, inputs, section.image_size)
 
 
 def make_scorer(graphdef: nnx.GraphDef, grid: Grid) -> Callable[..., jax.Array]:
