@@ -19,16 +19,20 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 from kill_and_resume import sigkill_after
+from skimage import data as skimage_data
 from test_contrastive_recipe import subprocess_env
 
 from jaxrank import parallel
+from jaxrank.class_memory import ClassMemory
 from jaxrank.class_ranking import ranking_prompt
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
 from jaxrank.data.arrays import array_batches
 from jaxrank.data.fewshot_tfds import load_split, sample_shots, split_labels
 from jaxrank.data.labelled_images import DIGIT_NAMES, digits, partition
+from jaxrank.detection_crops import detection_crops, detection_top_classes
 from jaxrank.recipes import rar
 from jaxrank.recipes.rar_data import load_data
+from jaxrank.recipes.rar_detection import rank_boxes
 from jaxrank.recipes.rar_memory import memory_embedder
 from jaxrank.recipes.rar_ranker import answer_text, build_ranker, make_scorer
 from jaxrank.recipes.vlm_sft import answer_nll_loss, supervised_stage, with_adapters
@@ -285,3 +289,34 @@ def test_tfds_dataset_through_the_pipeline(tmp_path):
     assert all("knn_with_ranker_pool" in r for r in rows)  # the pool has the test's classes
     for r in rows:
         assert r["knn"] <= r["truth_in_top_k"] and r["rar_score"] <= r["truth_in_top_k"]
+
+
+def test_detection_mode_ranks_each_boxs_retrieved_names(ranker):
+    """Boxes on a real photograph: the crops and their image -> text candidates are
+    ``detection_crops``' and ``detection_top_classes``'; each box's predictions are what the
+    ranker gives that crop alone."""
+    cfg = tiny_config("eval.batch_size=4", "ranker.max_new_tokens=12")
+    mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
+    graphdef, adapters, rest = with_adapters(cfg.lora, *nnx.split(ranker.model, nnx.Param), seed=0)
+    adapters = jax.tree.map(lambda a: a + 0.05, adapters)
+    programs = rar.RankerPrograms(cfg, ranker, graphdef, adapters, rest, mesh)
+    image = np.asarray(PIL.Image.fromarray(skimage_data.astronaut()).resize((128, 128)))
+    images = np.stack([image, image[:, ::-1]])
+    boxes = np.array([[[10, 10, 60, 70], [70, 20, 120, 90], [0, 90, 40, 128]]] * 2, np.float32)
+    embed = memory_embedder(ml_collections.ConfigDict({"encoder": "pixels", "dtype": "f4"}))
+    names = DIGIT_NAMES  # any ten names; the memory rows are random unit vectors
+    rows = np.random.default_rng(0).normal(size=(10, 16 * 16 * 3)).astype(np.float32)
+    memory = ClassMemory.from_embeddings(
+        rows / np.linalg.norm(rows, axis=1, keepdims=True), np.arange(10)
+    )
+    out = rank_boxes(programs, images, boxes, memory, embed, names, k=5, size=16, sigma=2.0)
+
+    crops = np.asarray(detection_crops(images, boxes, 16, 2.0))
+    np.testing.assert_array_equal(out["crops"], np.clip(np.round(crops), 0, 255))
+    classes, _ = detection_top_classes(embed, memory, out["crops"], 5)
+    np.testing.assert_array_equal(out["classes"], classes)
+    np.testing.assert_array_equal(out["retrieval"], classes[..., 0])
+    for b, n in np.ndindex(2, 3):
+        rankings, best = programs(out["crops"][b, n][None], classes[b, n][None], names)
+        assert out["rar_generate"][b, n] == classes[b, n, rankings[0].prediction]
+        assert out["rar_score"][b, n] == classes[b, n, best[0]]
