@@ -23,17 +23,12 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
+from jaxrank.data.errors import DataError
+
 # Records materialised per data-source read: array_record serves a batch of keys in one call.
 _READ_BATCH = 64
 # Below this many records a progress bar is noise.
 _PROGRESS_FROM = 512
-
-
-class DataError(ValueError):
-    """A dataset that is not there, not readable as asked, or too small for the protocol.
-
-    The message names the dataset, the data_dir (or class, split) involved and what was expected.
-    """
 
 
 @dataclass(frozen=True)
