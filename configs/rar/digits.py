@@ -12,6 +12,8 @@ weight is trained (``finetune.train="all"``; the paper trains LoRA on LLaVA-1.5-
 
 import ml_collections
 
+from jaxrank.recipes.vlm_base import tiny_sizes
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -37,18 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
             "image_size": 32,  # 8 x 8 scans upsampled; 4 x 4 patches -> 2 x 2 image tokens
             "max_new_tokens": 32,
             "opening_length": 8,  # tokens of the score path's "['<name>',"
-            "tiny": {
-                "vocab_size": 512,
-                "width": 96,
-                "depth": 3,
-                "heads": 4,
-                "kv_heads": 2,
-                "mlp_dim": 256,
-                "vision_depth": 2,
-                "vision_width": 64,
-                "vision_heads": 4,
-                "patch_size": 8,
-            },
+            "tiny": tiny_sizes(vocab_size=512),
         }
     )
     c.finetune = ml_collections.ConfigDict(

@@ -15,6 +15,7 @@ from pathlib import Path
 import ml_collections
 
 from jaxrank.configs import load_config_file
+from jaxrank.recipes.vlm_base import tiny_sizes
 
 STRUCTURED = Path(__file__).resolve().parent / "synthetic.py"
 
@@ -34,18 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
             # model cannot read instructions, and it keeps CPU prompts ~4x shorter.
             "short_system_prompt": True,
             "temperature": 1.0,
-            "tiny": {
-                "vocab_size": 1024,
-                "width": 96,
-                "depth": 3,
-                "heads": 4,
-                "kv_heads": 2,
-                "mlp_dim": 256,
-                "vision_depth": 2,
-                "vision_width": 64,
-                "vision_heads": 4,
-                "patch_size": 8,  # 96 px -> 12 x 12 patches -> 6 x 6 image tokens
-            },
+            "tiny": tiny_sizes(),  # 96 px -> 12 x 12 patches -> 6 x 6 image tokens
         }
     )
     # "" warm-starts in <workdir>; a finished run's workdir lends its policy_base and sft stages.

@@ -30,6 +30,27 @@ from jaxrank.models.vlm import VisionLanguageModel, VLMConfig
 from jaxrank.rl.rollout import SamplingSettings
 
 
+def tiny_sizes(**changes: int) -> ml_collections.ConfigDict:
+    """A config's ``tiny`` block: the CPU-sized Qwen2.5-VL shape the demos train from random,
+    with ``changes``."""
+    sizes = {
+        "vocab_size": 1024,
+        "width": 96,
+        "depth": 3,
+        "heads": 4,
+        "kv_heads": 2,
+        "mlp_dim": 256,
+        "vision_depth": 2,
+        "vision_width": 64,
+        "vision_heads": 4,
+        "patch_size": 8,
+    }
+    unknown = set(changes) - set(sizes)
+    if unknown:
+        raise KeyError(f"not tiny VLM sizes: {sorted(unknown)}")
+    return ml_collections.ConfigDict({**sizes, **changes})
+
+
 def tiny_vlm_config(tiny: ml_collections.ConfigDict, vocab_size: int, image_token_id: int):
     """A Qwen2.5-VL-shaped model of ``tiny``'s sizes (window attention off: images are small)."""
     half = tiny.width // tiny.heads // 2  # M-RoPE sections (t, h, w) split the rotary half
