@@ -17,8 +17,8 @@ from jaxrank.data.coop_splits import (
     read_splits,
 )
 from jaxrank.data.errors import BadRows, DataError
-from jaxrank.data.fewshot_tfds import FEWSHOT_DATASETS, _square, sample_shots
-from jaxrank.data.images import read_image
+from jaxrank.data.fewshot_tfds import FEWSHOT_DATASETS, sample_shots
+from jaxrank.data.images import centre_square, read_image
 
 FIXTURES = Path(__file__).parent / "fixtures" / "coop"
 PETS = FIXTURES / "oxford_pets"
@@ -113,7 +113,7 @@ def test_load_split_and_shots_match_the_files_pixels():
     assert test.images.shape == (6, 24, 24, 3) and test.images.dtype == np.uint8
     assert test.names == ("abyssinian", "bengal", "birman")
     np.testing.assert_array_equal(test.labels, [0, 0, 1, 1, 2, 2])
-    expected = _square(read_image(PETS / "images" / "Abyssinian_5.jpg", "", BadRows()), 24)
+    expected = centre_square(read_image(PETS / "images" / "Abyssinian_5.jpg", "", BadRows()), 24)
     np.testing.assert_array_equal(test.images[0], expected)
 
     splits = read_splits(FIXTURES, "oxford_pets", BadRows())
@@ -122,7 +122,7 @@ def test_load_split_and_shots_match_the_files_pixels():
     np.testing.assert_array_equal(shots.labels, [0, 0, 1, 1, 2, 2])
     for image, i in zip(shots.images, picked, strict=True):
         pixels = read_image(splits.train[i].path, "", BadRows())
-        np.testing.assert_array_equal(image, _square(pixels, 16))
+        np.testing.assert_array_equal(image, centre_square(pixels, 16))
     again = load_labelled(FIXTURES, "oxford_pets", "train", 16, shots=2, seed=3, bad=BadRows())
     np.testing.assert_array_equal(again.images, shots.images)
     with pytest.raises(DataError, match="fewer than shots=4"):

@@ -35,8 +35,8 @@ from types import MappingProxyType
 import numpy as np
 
 from jaxrank.data.errors import BadRows, DataError
-from jaxrank.data.fewshot_tfds import _square, sample_shots
-from jaxrank.data.images import read_image
+from jaxrank.data.fewshot_tfds import sample_shots
+from jaxrank.data.images import centre_square, read_image
 from jaxrank.data.labelled_images import LabelledImages
 
 SPLITS = ("train", "val", "test")
@@ -290,7 +290,7 @@ def to_labelled(
     for row in rows:
         image = read_image(row.path, str(row.path), bad)
         if image is not None:
-            images.append(_square(image, size))
+            images.append(centre_square(image, size))
             labels.append(row.label)
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return LabelledImages(stacked, np.asarray(labels, np.int64), tuple(names))

@@ -19,11 +19,11 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
 from jaxrank.data.errors import DataError
+from jaxrank.data.images import centre_square
 
 # Records materialised per data-source read: array_record serves a batch of keys in one call.
 _READ_BATCH = 64
@@ -274,20 +274,6 @@ def _to_rgb(image: np.ndarray, where: str) -> np.ndarray:
     return image[..., :3]
 
 
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    """Shorter side to ``size`` (bicubic), then the centre ``size x size``: CLIP's evaluation
-    transform, so objects keep their aspect ratio. Exact (no resampling) when the shorter side
-    already is ``size``."""
-    h, w = image.shape[:2]
-    if min(h, w) != size:
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        image = np.asarray(PIL.Image.fromarray(image).resize((nw, nh), PIL.Image.BICUBIC))
-        h, w = nh, nw
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[top : top + size, left : left + size]
-
-
 def read_arrays(
     source: Sequence[dict[str, Any]],
     size: int,
@@ -311,7 +297,7 @@ def read_arrays(
         for batch in _batches(source, indices):
             for record in batch:
                 where = f"record {int(indices[row])} feature {image_key!r}"
-                images[row] = _square(_to_rgb(np.asarray(record[image_key]), where), size)
+                images[row] = centre_square(_to_rgb(np.asarray(record[image_key]), where), size)
                 labels[row] = int(record[label_key])
                 row += 1
             bar.update(len(batch))
