@@ -8,10 +8,12 @@ frozen CLIP-family scorer over the top K = 20 candidates; r-GRPO with G = 8, bet
 0.2, one update per batch, advantage r - mean(r) as the released code; AdamW lr 5e-5, cosine,
 50 warm-up steps, 2 epochs at 4 queries per device; 256 new tokens.
 
-It needs the real data and weights: the E-VQA reader and knowledge base (the data issue), the
-policy checkpoint, and the scorer (the paper's EVA-CLIP-8B, or any CLIP checkpoint that
-jaxrank.models.hf loads). Until the reader is wired in, the recipe stops with an error that
-says so; the synthetic CPU demonstration is configs/region_r1/mllm_synthetic.py.
+It reads the released files (data.*; DATA_FORMATS.md §1): the train and test CSVs (single-hop
+rows), the 2M-page knowledge base JSON (streamed), the iNaturalist 2021 and Google Landmarks v2
+images with EchoSight's id2name maps; and the weights: the policy checkpoint and a CLIP-family
+scorer that jaxrank.models.hf loads (the paper's EVA-CLIP-8B is not one of the families yet:
+the default is OpenAI's CLIP ViT-L/14 at 336 px). `scripts/reproduce.sh region_r1_evqa` lists
+what is missing. The synthetic CPU demonstration is configs/region_r1/mllm_synthetic.py.
 """
 
 from pathlib import Path
@@ -26,20 +28,31 @@ DEMO = Path(__file__).resolve().parent / "mllm_synthetic.py"
 def get_config() -> ml_collections.ConfigDict:
     c = load_config_file(DEMO)
     c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
+    root = "/data/evqa"  # change to where the files are, or override each path
     c.data = ml_collections.ConfigDict(
         {
-            "benchmark": "evqa",  # the E-VQA single-hop subset (DATA_FORMATS.md)
-            "root": "",  # the benchmark's files, as released
+            "benchmark": "evqa",  # the E-VQA single-hop subset (DATA_FORMATS.md §1)
+            "train_csv": f"{root}/train.csv",
+            "test_csv": f"{root}/test.csv",
+            "kb": f"{root}/encyclopedic_kb_wiki.json",  # or the released .zip
+            "inaturalist_root": f"{root}/inaturalist",
+            "train_id2name": f"{root}/inaturalist/train_id2name.json",  # iNat21 train
+            "test_id2name": f"{root}/inaturalist/val_id2name.json",  # iNat21 val
+            "landmarks_root": f"{root}/landmarks",  # GLDv2 a/b/c/<id>.jpg
+            "image_size": 448,  # queries resized to this square for policy and scorer
+            "max_train_queries": 0,  # 0 = every usable row
+            "max_test_queries": 0,
+            "strict": False,  # True: the first bad row stops the run
             "pool_size": 20,  # K
         }
     )
-    c.scorer_checkpoint = "BAAI/EVA-CLIP-8B"  # frozen, fp16 in the paper, 224 px
+    c.scorer_checkpoint = "openai/clip-vit-large-patch14-336"  # the paper: EVA-CLIP-8B, fp16
+    c.scorer_dtype = "bfloat16"
     c.policy.checkpoint = "Qwen/Qwen2.5-VL-3B-Instruct"
     c.policy.dtype = "bfloat16"
     c.policy.short_system_prompt = False  # crop_tool.SYSTEM_PROMPT
     c.policy.max_new_tokens = 256
     c.policy.image_size = 448  # the policy's square view of a query; boxes map back exactly
-    del c.policy.tiny
     c.sft.steps = 0  # a pretrained VLM already writes tool calls
     c.lora = ml_collections.ConfigDict(
         {"rank": 8, "alpha": 32.0, "dropout": 0.1, "targets": "all-linear"}

@@ -182,6 +182,8 @@ def evaluate(
             )
             for s, name in enumerate((*BASELINES, *policy_names))
         }
+        if not queries.get("has_boxes", True):  # no ground-truth box: no oracle crop
+            del per_strategy["oracle_crop"]
         results[preset] = {
             "metrics": per_strategy,
             "gallery": {
@@ -258,10 +260,11 @@ def write_report(
     ]
     metrics_only = {preset: r["metrics"] for preset, r in results.items()}
     profile = info["step_profile"]
+    counts = " / ".join(str(next(iter(m.values()))["num_queries"]) for m in metrics_only.values())
     lines = [
         f"# {title}",
         "",
-        f"{cfg.eval.num_queries} held-out queries per preset; first-stage pools of "
+        f"{counts} held-out queries ({', '.join(metrics_only)}); first-stage pools of "
         f"K={cfg.data.pool_size}; policy trained {info['steps']} r-GRPO steps (batch "
         f"{cfg.train.batch_size} queries x G={cfg.rl.num_generations}) in "
         f"{info['train_seconds']:.0f} s on {info['devices']}.",

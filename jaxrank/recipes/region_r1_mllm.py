@@ -33,7 +33,7 @@ from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
 from jaxrank.models.lora import adapters_off
 from jaxrank.optim import adamw_warmup_cosine
-from jaxrank.recipes import region_r1, region_r1_eval
+from jaxrank.recipes import region_r1, region_r1_benchmark, region_r1_eval
 from jaxrank.recipes.mllm_crop_policy import (
     BASE_DIR,
     CropPolicyBase,
@@ -297,17 +297,16 @@ def _read_policy_actions(policies, batch, keys):
     return batch["policy_decisions"], batch["policy_boxes"]
 
 
-def evaluate(cfg, base, graphdef, adapters, rest, frozen, scorer, mesh) -> dict[str, Any]:
-    query_sets = {}
-    for preset in cfg.eval.presets:
-        queries = region_r1.query_set(scorer, "test", (preset,), cfg.eval.num_queries, cfg, mesh)
+def evaluate(cfg, base, graphdef, adapters, rest, frozen, scorer, query_sets, mesh):
+    """The baselines, the warm-start policy and the trained policy (both greedy) on each
+    query set."""
+    for queries in query_sets.values():
         actions = [
             greedy_actions(cfg, base, graphdef, a, rest, queries, mesh)
             for a in (adapters_off(adapters), adapters)
         ]
         queries["policy_decisions"] = np.stack([d for d, _ in actions], axis=1)
         queries["policy_boxes"] = np.stack([b for _, b in actions], axis=1)
-        query_sets[preset] = queries
     return region_r1_eval.evaluate(
         cfg,
         POLICIES,
@@ -325,12 +324,44 @@ def evaluate(cfg, base, graphdef, adapters, rest, frozen, scorer, mesh) -> dict[
 
 
 def _train_queries(cfg, scorer, mesh) -> dict[str, Any]:
-    presets = tuple(cfg.data.train_presets)
-    train = region_r1.query_set(
-        scorer, "train", presets, cfg.data.train_queries_per_preset, cfg, mesh
-    )
+    if _benchmark(cfg) == "synthetic":
+        presets = tuple(cfg.data.train_presets)
+        per_preset = cfg.data.train_queries_per_preset
+        train = region_r1.query_set(scorer, "train", presets, per_preset, cfg, mesh)
+    else:
+        train = region_r1_benchmark.query_set(cfg, scorer, "train", mesh)
     train["rows"] = np.arange(len(train["images"]), dtype=np.int32)
     return train
+
+
+def _eval_queries(cfg, scorer, mesh) -> dict[str, dict[str, Any]]:
+    if _benchmark(cfg) == "synthetic":
+        return {
+            preset: region_r1.query_set(scorer, "test", (preset,), cfg.eval.num_queries, cfg, mesh)
+            for preset in cfg.eval.presets
+        }
+    return {_benchmark(cfg): region_r1_benchmark.query_set(cfg, scorer, "test", mesh)}
+
+
+def _benchmark(cfg) -> str:
+    benchmark = cfg.data.get("benchmark", "synthetic")
+    if benchmark != "synthetic" and benchmark not in region_r1_benchmark.BENCHMARKS:
+        raise ConfigError(
+            f"data.benchmark={benchmark!r}: expected 'synthetic' or one of "
+            f"{list(region_r1_benchmark.BENCHMARKS)}"
+        )
+    return benchmark
+
+
+def _scorer(cfg, workdir: Path, mesh):
+    if _benchmark(cfg) == "synthetic":
+        return region_r1.Scorer(cfg, workdir, mesh)
+    if cfg.sft.steps:
+        raise ConfigError(
+            f"sft.steps={cfg.sft.steps}: the warm start teaches ground-truth boxes, which "
+            f"{_benchmark(cfg)} does not have; start from a pretrained VLM with sft.steps=0"
+        )
+    return region_r1_benchmark.BenchmarkScorer(cfg, workdir, mesh)
 
 
 def _finished(cfg, workdir: Path) -> bool:
@@ -340,17 +371,11 @@ def _finished(cfg, workdir: Path) -> bool:
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Every stage, each resumed from its checkpoints, then the evaluation and report."""
-    benchmark = cfg.data.get("benchmark", "synthetic")
-    if benchmark != "synthetic":
-        raise ConfigError(
-            f"data.benchmark={benchmark!r}: this recipe reads only the synthetic world so far; "
-            "the E-VQA / InfoSeek readers and a pretrained scorer come with the data issue "
-            "(configs/region_r1/evqa.py documents the paper's setting)"
-        )
+    _benchmark(cfg)
     workdir = prepare_workdir(workdir, cfg)
     started = time.perf_counter()
     mesh = parallel.mesh_from_config(cfg.mesh)
-    scorer = region_r1.Scorer(cfg, workdir, mesh)
+    scorer = _scorer(cfg, workdir, mesh)
     finished = _finished(cfg, workdir)
     # The warm start may live in another run (like the scorer), so RL seeds can share it.
     source = Path(cfg.warm_start_workdir) if cfg.warm_start_workdir else workdir
@@ -389,7 +414,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
                 samples_per_step=cfg.train.batch_size,
             )
         train_seconds = time.perf_counter() - train_started
-        results = evaluate(cfg, base, graphdef, state.params, rest, frozen, scorer, mesh)
+        query_sets = _eval_queries(cfg, scorer, mesh)
+        results = evaluate(
+            cfg, base, graphdef, state.params, rest, frozen, scorer, query_sets, mesh
+        )
     info = {
         "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
         "steps": cfg.train.steps,
@@ -397,6 +425,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - started,
         "step_profile": step.profile() if step.steps else {},
+        "data": {name: q["report"] for name, q in query_sets.items() if "report" in q},
     }
     region_r1_eval.write_report(
         workdir, cfg, results, info, title="Region-R1 with a vision-language crop policy"
