@@ -8,7 +8,14 @@ python3 -m venv --help >/dev/null 2>&1 || { echo "python3 with venv is required"
 [ -x "$root/.venv/bin/python" ] || python3 -m venv "$root/.venv"
 stamp="$root/.venv/.jaxrank-installed-${extras:-base}"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+# The base install is part of every extras install: any up-to-date stamp will do for it.
+if [ -z "$extras" ] && grep -qxF "$want" "$root"/.venv/.jaxrank-installed-* 2>/dev/null; then
+  stamp_ok=1
+else
+  stamp_ok=0
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && stamp_ok=1
+fi
+if [ "$stamp_ok" = 0 ]; then
   "$root/.venv/bin/python" -m pip install -q --upgrade pip
   spec="$root"; [ -n "$extras" ] && spec="$root[$extras]"
   "$root/.venv/bin/python" -m pip install -q -e "$spec"

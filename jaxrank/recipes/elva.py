@@ -285,6 +285,13 @@ def training_arrays(cfg, bench, graphdef, frozen, mesh) -> dict[str, np.ndarray]
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Both stages, each resumed from its checkpoints, with evaluations every
     ``train.eval_every`` RL steps (step 0 is the contrastive model)."""
+    benchmark = cfg.get("data", {}).get("benchmark", "synthetic")
+    if benchmark != "synthetic":
+        raise ConfigError(
+            f"data.benchmark={benchmark!r}: the ELVA recipe trains on the synthetic multi-grain "
+            "benchmark only so far; jaxrank/data/mbeir.py reads M-BEIR, but the recipe does "
+            "not use it yet"
+        )
     workdir = prepare_workdir(workdir, cfg)
     started = time.perf_counter()
     mesh, bench, (graphdef, head_graphdef), optimizer, state, frozen = setup(cfg, workdir)

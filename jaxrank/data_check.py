@@ -1,0 +1,260 @@
+"""``jaxrank data check --config C``: is a config's data (and are its weights) where it says,
+readable, and how much of it is usable, before any training starts.
+
+It lists what is missing with where to get it, reads every file the recipe will read through
+the same readers (bad rows counted by reason, the first few named), counts what is usable,
+and draws a gallery of a few usable queries. ``jaxrank reproduce`` runs the same check first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+import PIL.Image
+
+from jaxrank.data.errors import BadRows, DataError
+
+SOURCES = {
+    "evqa": "https://github.com/google-research/google-research/tree/master/encyclopedic_vqa",
+    "inaturalist": "https://github.com/visipedia/inat_comp/tree/master/2021 (iNat 2021 train/val)",
+    "landmarks": "https://github.com/cvdfoundation/google-landmark (GLDv2 train)",
+    "id2name": "https://github.com/Go2Heart/EchoSight (train/val_id2name.json)",
+    "mbeir": "https://huggingface.co/datasets/TIGER-Lab/M-BEIR",
+    "infoseek": "https://github.com/open-vision-language/infoseek",
+    "oven": "https://github.com/edchengg/oven_eval (image_downloads)",
+    "echosight": "https://github.com/Go2Heart/EchoSight (the 100K InfoSeek KB)",
+    "tfds": "tfds build <builder> --file_format=array_record (see docs/rar.md)",
+    "weights": "the Hugging Face Hub: `huggingface-cli download <id>` on a machine online",
+}
+
+
+@dataclasses.dataclass
+class DataCheck:
+    missing: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    counts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    samples: list[tuple[np.ndarray, str]] = dataclasses.field(default_factory=list)
+
+    def need(self, what: str, where: str, source: str) -> bool:
+        """Record ``where`` as missing unless it exists; True when it exists."""
+        if where and Path(where).exists():
+            return True
+        self.missing.append({"what": what, "path": where or "(not set)", "get it": source})
+        return False
+
+
+def _weights(check: DataCheck, what: str, source: str) -> None:
+    """A checkpoint folder, or a hub id already in the local Hugging Face cache."""
+    if not source or Path(source).exists():
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(source, local_files_only=True)
+    except Exception:  # not cached (the hub's error types vary by version)
+        check.missing.append({"what": what, "path": source, "get it": SOURCES["weights"]})
+
+
+def _evqa(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    from jaxrank.data.evqa import read_evqa_csv, read_query_image
+    from jaxrank.data.wiki_kb import iter_kb
+    from jaxrank.recipes.region_r1_benchmark import image_layout
+
+    data = cfg.data
+    present = [
+        check.need("E-VQA train CSV", data.train_csv, SOURCES["evqa"]),
+        check.need("E-VQA test CSV", data.test_csv, SOURCES["evqa"]),
+        check.need("E-VQA knowledge base", data.kb, SOURCES["evqa"]),
+        check.need("iNaturalist 2021 images", data.inaturalist_root, SOURCES["inaturalist"]),
+        check.need("Google Landmarks v2 images", data.landmarks_root, SOURCES["landmarks"]),
+        check.need("iNat train id2name", data.train_id2name, SOURCES["id2name"]),
+        check.need("iNat val id2name", data.test_id2name, SOURCES["id2name"]),
+    ]
+    _weights(check, "scorer checkpoint", cfg.scorer_checkpoint)
+    _weights(check, "policy checkpoint", cfg.policy.checkpoint)
+    if not all(present):
+        return
+    for split in ("train", "test"):
+        bad, usable = BadRows(), 0
+        layout = image_layout(data, data[f"{split}_id2name"])
+        for example in read_evqa_csv(data[f"{split}_csv"], bad):
+            image = read_query_image(example, layout, bad)
+            if image is not None:
+                usable += 1
+                if len(check.samples) < samples:
+                    check.samples.append((image, f"{split}: {example.question}"))
+        check.counts[split] = {"usable": usable, **bad.report()}
+    bad = BadRows()
+    check.counts["kb"] = {"entries": sum(1 for _ in iter_kb(data.kb, bad)), **bad.report()}
+
+
+def _tfds(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    from jaxrank.data import fewshot_tfds
+
+    data = cfg.data
+    entry = fewshot_tfds.FEWSHOT_DATASETS.get(data.name)
+    parts = {
+        "shots": (data.name, data.train_split or (entry.train_split if entry else "train")),
+        "test": (data.name, data.test_split or (entry.test_split if entry else "test")),
+        "ranker pool": (data.finetune_name, data.finetune_split),
+    }
+    for part, (name, split) in parts.items():
+        try:
+            source = fewshot_tfds.load_split(name, split, data.data_dir or None)
+        except DataError as e:
+            check.missing.append(
+                {"what": f"{part}: {name} {split}", "path": str(e), "get it": SOURCES["tfds"]}
+            )
+            continue
+        check.counts[part] = {
+            "dataset": name,
+            "split": split,
+            "examples": len(source),
+            "classes": len(fewshot_tfds.class_names(source)),
+        }
+        names = fewshot_tfds.class_names(source)
+        for i in range(min(samples - len(check.samples), len(source))):
+            record = source[i]
+            check.samples.append((np.asarray(record["image"]), f"{part}: {names[record['label']]}"))
+    _weights(check, "memory encoder", "" if cfg.memory.encoder == "pixels" else cfg.memory.encoder)
+    _weights(check, "ranker checkpoint", cfg.ranker.checkpoint)
+
+
+def _infoseek(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    from jaxrank.data import infoseek
+
+    data, source = cfg.data, SOURCES["infoseek"]
+    present = [
+        check.need("InfoSeek train questions", data.train_jsonl, source),
+        check.need("InfoSeek val questions", data.test_jsonl, source),
+        check.need("InfoSeek train entity join", data.train_withkb, source),
+        check.need("InfoSeek val entity join", data.test_withkb, source),
+        check.need("InfoSeek 100K knowledge base", data.kb, SOURCES["echosight"]),
+        check.need("OVEN images", data.oven_root, SOURCES["oven"]),
+    ]
+    _weights(check, "scorer checkpoint", cfg.scorer_checkpoint)
+    _weights(check, "policy checkpoint", cfg.policy.checkpoint)
+    if not all(present):
+        return
+    for split in ("train", "test"):
+        bad = BadRows()
+        links = infoseek.read_withkb(data[f"{split}_withkb"], bad)
+        usable = 0
+        for example in infoseek.read_infoseek(data[f"{split}_jsonl"], bad, links=links):
+            image = infoseek.read_query_image(example, data.oven_root, bad)
+            if image is not None:
+                usable += 1
+                if len(check.samples) < samples:
+                    check.samples.append((image, f"{split}: {example.question}"))
+        check.counts[split] = {"usable": usable, **bad.report()}
+
+
+def _mbeir(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    from jaxrank.data import mbeir
+
+    root, split = cfg.data.root, cfg.data.split
+    if not check.need("M-BEIR", root, SOURCES["mbeir"]):
+        return
+    files = [
+        (f"{d} task {t} {kind}", fn(root, d, t, split))
+        for d, t in mbeir.EVAL_PAIRS
+        for kind, fn in (
+            ("queries", mbeir.query_path),
+            ("local pool", mbeir.local_pool_path),
+            ("qrels", mbeir.qrels_path),
+        )
+    ]
+    files.append(("instructions", mbeir.instructions_path(root)))
+    present = [check.need(what, str(path), SOURCES["mbeir"]) for what, path in files]
+    if not all(present):
+        return
+    for dataset, task in mbeir.EVAL_PAIRS:
+        bad = BadRows()
+        queries = mbeir.read_queries(mbeir.query_path(root, dataset, task, split), bad)
+        check.counts[f"{dataset}/task{task}"] = {"queries": len(queries), **bad.report()}
+    del samples
+
+
+def _synthetic(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    del samples
+    check.counts["synthetic"] = "rendered on the fly from the config's world; nothing to read"
+
+
+def checker(cfg: ml_collections.ConfigDict) -> Callable[..., None]:
+    """The check of a config's data source."""
+    data = cfg.get("data", ml_collections.ConfigDict())
+    if data.get("benchmark") == "evqa":
+        return _evqa
+    if data.get("benchmark") == "mbeir":
+        return _mbeir
+    if data.get("benchmark") == "infoseek":
+        return _infoseek
+    if data.get("source") == "tfds":
+        return _tfds
+    if data.get("benchmark", "synthetic") in ("synthetic",) and data.get("source") != "tfds":
+        return _synthetic
+    raise DataError(f"no data check for data.benchmark={data.get('benchmark')!r} yet")
+
+
+def check_data(cfg: ml_collections.ConfigDict, samples: int = 8) -> DataCheck:
+    check = DataCheck()
+    checker(cfg)(cfg, check, samples)
+    return check
+
+
+def write_check(check: DataCheck, out: Path) -> None:
+    """``data_check.json`` and, when there are usable queries, ``data_check.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"missing": check.missing, "counts": check.counts}
+    (out / "data_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    if check.samples:
+        from jaxrank.data.gallery import render_gallery
+
+        size = 160
+        images = np.stack(
+            [
+                np.asarray(PIL.Image.fromarray(i).convert("RGB").resize((size, size)))
+                for i, _ in check.samples
+            ]
+        )
+        nothing = np.full((len(images), 4), np.nan, np.float32)
+        render_gallery(images, nothing, [t[:60] for _, t in check.samples], out / "data_check.png")
+
+
+def print_missing(check: DataCheck) -> None:
+    print(f"missing ({len(check.missing)}):")
+    for item in check.missing:
+        print(f"  - {item['what']}: {item['path']}\n      get it: {item['get it']}")
+
+
+def _run(args, config) -> int:
+    check = check_data(config(args), args.samples)
+    write_check(check, Path(args.out))
+    print(json.dumps(check.counts, indent=2))
+    if check.missing:
+        print_missing(check)
+        return 1
+    print(f"data complete; report in {Path(args.out) / 'data_check.json'}")
+    return 0
+
+
+def add_commands(sub, config_help: str, config: Callable) -> None:
+    """``jaxrank data check``."""
+    data = sub.add_parser("data", help="inspect a config's data")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    check = commands.add_parser("check", help="validate the data layout without training")
+    check.add_argument("--config", required=True, help=config_help)
+    check.add_argument("--out", default="data_check", help="folder for the JSON and PNG")
+    check.add_argument("--samples", type=int, default=8, help="queries in the gallery")
+    check.set_defaults(run=lambda args, extra: _run_exit(args, lambda a: config(a, extra)))
+
+
+def _run_exit(args, config) -> None:
+    status = _run(args, config)
+    if status:
+        raise SystemExit(status)
