@@ -12,8 +12,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from jaxrank import data_check, reproduce
 from jaxrank.checkpoint import CheckpointError
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
+from jaxrank.data.errors import DataError
+from jaxrank.distributed import DistributedError
+from jaxrank.distributed import initialize as join_processes
 from jaxrank.models.hf import convert_cli
 from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
 from jaxrank.search import cli as search_cli
@@ -37,6 +41,8 @@ USER_ERRORS = (
     FileNotFoundError,
     UnsupportedCheckpoint,
     CheckpointMismatch,
+    DistributedError,
+    DataError,
 )
 
 
@@ -116,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     search_cli.add_commands(sub, config_help, _config)
     convert_cli.add_command(sub)
+    data_check.add_commands(sub, config_help, _config)
+    reproduce.add_command(sub)
     return parser
 
 
@@ -123,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
+        join_processes()  # before any JAX computation: a pod's processes become one run
         args.run(args, extra)
     except USER_ERRORS as e:
         print(f"jaxrank: error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
@@ -67,6 +68,35 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
 
     return jax.tree.map(place, batch)
+
+
+def shard_whole_batch(batch: Any, mesh: Mesh) -> Any:
+    """Place a host batch that every process holds whole (an evaluation chunk), split over
+    ``data`` like ``shard_batch``: each process copies only the rows of its own devices."""
+
+    def place(x: np.ndarray) -> jax.Array:
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % mesh.shape[DATA]:
+            raise ValueError(
+                f"batch leading dimension {x.shape[:1]} is not divisible by the "
+                f"{mesh.shape[DATA]} data shards of the mesh {dict(mesh.shape)}"
+            )
+        return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), x.__getitem__)
+
+    return jax.tree.map(place, batch)
+
+
+def to_host(tree: Any) -> Any:
+    """Every leaf's whole value as numpy, on every process. A leaf split over several hosts'
+    devices is gathered first (a collective: every process must call this alike), since
+    ``jax.device_get`` only reads what this process's devices hold."""
+
+    def fetch(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(fetch, tree)
 
 
 def state_shardings(state: Any, mesh: Mesh, *, fsdp: bool = False) -> Any:

@@ -1,4 +1,8 @@
-"""End-of-run results: ``report.json`` for machines, ``report.md`` with tables and PNG plots."""
+"""End-of-run results: ``report.json`` for machines, ``report.md`` with tables and PNG plots.
+
+In a multi-process run every process builds the same report and only process 0 writes the
+files (the paths are returned alike, so every process's markdown names the same plots).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,25 @@ from typing import Any
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
+from jaxrank.distributed import is_primary
 from jaxrank.runlog import read_jsonl
 
 
 def atomic_write(path: Path, text: str) -> None:
     """``text`` into ``path`` through a temporary file and a rename: no reader, and no run
     killed mid-write, ever sees half a file."""
+    if not is_primary():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = Path(out)
+    if is_primary():
+        fig.savefig(out, dpi=100)
+    return out
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str = "github") -> str:
@@ -46,9 +60,7 @@ def plot_curves(
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    return out
+    return _save(fig, out)
 
 
 def plot_bars(
@@ -70,9 +82,7 @@ def plot_bars(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    return out
+    return _save(fig, out)
 
 
 def plot_lines(
@@ -96,9 +106,7 @@ def plot_lines(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    return out
+    return _save(fig, out)
 
 
 def write_report(workdir: str | Path, results: Mapping[str, Any], markdown: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxrank import metrics
-from jaxrank.parallel import shard_batch
+from jaxrank.parallel import shard_whole_batch, to_host
 
 
 def embed_in_batches(
@@ -25,7 +25,8 @@ def embed_in_batches(
     mesh: Mesh,
 ) -> Any:
     """``fn(*batch)`` over row chunks of ``arrays`` (same leading size), concatenated on host.
-    ``fn`` may return a pytree of per-row arrays; the result has the same structure."""
+    ``fn`` may return a pytree of per-row arrays; the result has the same structure. Every
+    process passes the whole ``arrays`` and gets the whole result."""
     n = len(arrays[0])
     outputs = []
     for start in range(0, n, batch_size):
@@ -33,7 +34,7 @@ def embed_in_batches(
         pad = batch_size - len(chunk[0])
         if pad:
             chunk = [np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) for c in chunk]
-        out = jax.device_get(fn(*shard_batch(tuple(chunk), mesh)))
+        out = to_host(fn(*shard_whole_batch(tuple(chunk), mesh)))
         outputs.append(jax.tree.map(lambda x, pad=pad: np.asarray(x)[: batch_size - pad], out))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 

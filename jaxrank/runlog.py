@@ -2,7 +2,8 @@
 
 Logs are resume-aware: reopening at step s drops every record after s (metrics.jsonl rows and
 TensorBoard events via ``purge_step``), so a killed-and-resumed run leaves the same logs as an
-uninterrupted one.
+uninterrupted one. In a multi-process run only process 0 writes them (every process computes
+the same rows).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
+
+from jaxrank.distributed import is_primary
 
 
 def _scalar(v: Any) -> float | int:
@@ -60,9 +63,19 @@ class RunLog:
         self.workdir = Path(workdir)
         self.samples_per_step = samples_per_step
         self.metrics_path = self.workdir / "metrics.jsonl"
-        _truncate_jsonl(self.metrics_path, start_step)
-        self._writer = SummaryWriter(str(self.workdir / "tb"), purge_step=start_step + 1)
-        self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+        self._primary = is_primary()
+        if self._primary:
+            _truncate_jsonl(self.metrics_path, start_step)
+        self._writer = SummaryWriter(
+            str(self.workdir / "tb"), purge_step=start_step + 1, write_to_disk=self._primary
+        )
+        self._bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not self._primary,
+        )
         self._last_time = time.perf_counter()
         self._last_step = start_step
 
@@ -76,11 +89,12 @@ class RunLog:
             row["train/steps_per_s"] = steps_per_s
             if self.samples_per_step:
                 row["train/samples_per_s"] = steps_per_s * self.samples_per_step
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        for key, value in row.items():
-            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                self._writer.add_scalar(key, value, step)
+        if self._primary:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, step)
         if prefix == "train":
             self._bar.update(step - self._last_step)
             shown = {

@@ -9,6 +9,7 @@ from pathlib import Path
 import ml_collections
 
 from jaxrank import configs
+from jaxrank.distributed import is_primary
 
 
 class WorkdirError(ValueError):
@@ -40,7 +41,7 @@ def prepare_workdir(workdir: str | Path, cfg: ml_collections.ConfigDict) -> Path
                 "experiments. Use a new --workdir, or restore these values:\n  "
                 + "\n  ".join(changed)
             )
-    else:
+    elif is_primary():  # the other processes of a multi-process run share the folder
         tmp = saved_path.with_suffix(".tmp")
         tmp.write_text(resolved)
         os.replace(tmp, saved_path)

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from jaxrank.data.synthetic import QueryConfig, World
+from jaxrank.distributed import is_primary
 
 TRUE_BOX_COLOUR = "#00d000"
 PRED_BOX_COLOUR = "#ff00ff"
@@ -53,8 +54,9 @@ def render_gallery(
         ax.set_axis_off()
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    if is_primary():  # other processes of a multi-process run drew the same figure
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
     return path
 
 

@@ -84,14 +84,15 @@ def build_model(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Dual
 
 def training_data(world: World, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
     """Augmented views of shuffled entities; example i is rendered from seed i, so the stream is
-    the same whatever the thread count, and each process reads its own slice of every batch."""
+    the same whatever the thread count, and each process reads its own slice of every batch
+    (sliced after numbering, so i stays the global index whatever the process count)."""
     size = world.config.image_size
     per_process = cfg.train.batch_size // jax.process_count()
     ds = grain.MapDataset.range(world.num_entities).shuffle(seed=cfg.seed).repeat(None)
-    ds = ds[jax.process_index() :: jax.process_count()]
     ds = ds.map_with_index(
         lambda i, e: {"views": world.view(int(e), int(i), size), "entity": np.int32(e)}
     )
+    ds = ds[jax.process_index() :: jax.process_count()]
     ds = ds.batch(per_process, drop_remainder=True)
     options = grain.ReadOptions(num_threads=cfg.train.data_threads, prefetch_buffer_size=4)
     return ds.to_iter_dataset(options)

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxrank import report, retrieval_eval
 from jaxrank.data.multigrain import I2T, QUERY_SETS, TASKS, MultiGrain
+from jaxrank.distributed import is_primary
 from jaxrank.recipes import elva_encoders
 from jaxrank.runlog import read_jsonl
 
@@ -83,8 +84,10 @@ class Curve:
     def record(self, step: int, evaluate: Callable[[], dict[str, float]]) -> None:
         if any(row["step"] == step for row in self.rows()):
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **evaluate()}) + "\n")
+        row = {"step": step, **evaluate()}  # on every process: its collectives need them all
+        if is_primary():
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def replace(self, step: int, metrics: dict[str, float]) -> None:
         kept = [row for row in self.rows() if row["step"] != step]

@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxrank import parallel, retrieval_eval
 from jaxrank.configs import ConfigError
+from jaxrank.distributed import is_primary
 from jaxrank.search.errors import SearchError
 from jaxrank.search.index import DTYPES, Index
 from jaxrank.search.topk import METRICS, MODES, normalize_rows
@@ -133,7 +134,8 @@ def _search(args: argparse.Namespace, extra: Sequence[str], load_config: LoadCon
         queries = encoder.queries(scenes["images"], scenes["boxes"], args.view)
         entity = scenes["entity"]
     result = index.search(queries, args.k, mode=args.mode, recall_target=args.recall_target)
-    _write_jsonl(Path(args.out), result, entity)
+    if is_primary():  # every process of a multi-process run holds the same results
+        _write_jsonl(Path(args.out), result, entity)
     print(f"wrote the top {args.k} of {len(result.ids)} queries: {args.out}")
     if entity is not None:
         hits = (result.ids == entity[:, None]).any(axis=1).mean()

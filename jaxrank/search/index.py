@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from jaxrank.distributed import is_primary
 from jaxrank.parallel import DATA, make_mesh, replicated
 from jaxrank.search import layout, store
 from jaxrank.search.errors import SearchError
@@ -319,7 +321,9 @@ class Index:
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
-        """Write the index to a safetensors file (atomically; see ``jaxrank.search.store``)."""
+        """Write the index to a safetensors file (atomically; see ``jaxrank.search.store``).
+        In a multi-process run every process reads the rows (a collective), process 0 writes
+        the file, and every process returns once it is there (so any may load it)."""
         meta = store.IndexMeta(
             self._dim, self._count, self._metric, self._dtype, self._metric == "cosine"
         )
@@ -331,7 +335,13 @@ class Index:
                 )
                 yield np.asarray(rows)[: self._count - start]
 
-        store.write_index(path, meta, self.ids, chunks())
+        if is_primary():
+            store.write_index(path, meta, self.ids, chunks())
+        else:
+            for _ in chunks():
+                pass
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"jaxrank: saved {path}")
 
     @classmethod
     def load(cls, path: str | Path, *, metric: str | None = None, **options: Any) -> Index:
