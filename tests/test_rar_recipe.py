@@ -17,6 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
+from fast_xla import fast_compile
 from flax import nnx
 from kill_and_resume import sigkill_after
 from skimage import data as skimage_data
@@ -116,6 +117,7 @@ def test_prompt_answer_and_reading_round_trip(ranker):
         assert full[: len(opening)] == opening.tolist()
 
 
+@fast_compile()
 def test_score_path_equals_teacher_forced_openings(ranker):
     graphdef, adapters, rest = with_adapters(
         tiny_config().lora, *nnx.split(ranker.model, nnx.Param), seed=0
@@ -125,8 +127,8 @@ def test_score_path_equals_teacher_forced_openings(ranker):
     batch = ranker.prompts(digits(16).images[5:7], shown)
     openings = ranker.openings(shown, 8)
     scores = np.asarray(make_scorer(graphdef, ranker.grid)(adapters, rest, batch, openings))
-    model = nnx.merge(graphdef, adapters, rest)
-    log_probs = vlm_policy.completion_log_probs_fn(ranker.grid, 1, 1.0)
+    teacher_forced = vlm_policy.completion_log_probs_fn(ranker.grid, 1, 1.0)
+    log_probs = jax.jit(lambda batch: teacher_forced(nnx.merge(graphdef, adapters, rest), batch))
     for j in range(5):
         rows = [b * 5 + j for b in range(2)]
         one = {
@@ -134,10 +136,11 @@ def test_score_path_equals_teacher_forced_openings(ranker):
             "completion": openings["completion"][rows],
             "completion_mask": openings["completion_mask"][rows],
         }
-        expected = np.asarray(log_probs(model, one)).sum(axis=1)
+        expected = np.asarray(log_probs(one)).sum(axis=1)
         np.testing.assert_allclose(scores[:, j], expected, rtol=1e-5, atol=1e-5)
 
 
+@fast_compile()
 def test_lora_finetuning_moves_only_adapters_and_lowers_the_nll(ranker, tmp_path):
     cfg = tiny_config()
     mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
@@ -153,7 +156,7 @@ def test_lora_finetuning_moves_only_adapters_and_lowers_the_nll(ranker, tmp_path
     shown = _names([[i % 10, (i + 1) % 10, (i + 2) % 10] for i in range(8)])
     batch = ranker.prompts(images, shown)
     batch.update(ranker.answers([s[::-1] for s in shown], 24))
-    loss = answer_nll_loss(graphdef, ranker.grid, adapters=True)
+    loss = jax.jit(answer_nll_loss(graphdef, ranker.grid, adapters=True))
     section = ml_collections.ConfigDict(
         {
             "steps": 40,
@@ -257,6 +260,7 @@ class JaxrankDigitsTiny(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             yield i, {"image": image, "label": int(data.labels[i]), "index": i}
 
 
+@fast_compile()
 def test_tfds_dataset_through_the_pipeline(tmp_path):
     """A TFDS dataset read by name (array_record, no TensorFlow) gives the memories, queries
     and ranker pool the recipe runs on: the same images as the source, shots as sampled."""
@@ -291,6 +295,7 @@ def test_tfds_dataset_through_the_pipeline(tmp_path):
         assert r["knn"] <= r["truth_in_top_k"] and r["rar_score"] <= r["truth_in_top_k"]
 
 
+@fast_compile()
 def test_detection_mode_ranks_each_boxs_retrieved_names(ranker):
     """Boxes on a real photograph: the crops and their image -> text candidates are
     ``detection_crops``' and ``detection_top_classes``'; each box's predictions are what the
