@@ -26,11 +26,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
+from region_r1_batch import toy_batch  # noqa: E402
 
 from jaxrank import parallel  # noqa: E402
 from jaxrank.checkpoint import Checkpointer  # noqa: E402
 from jaxrank.configs import apply_overrides, load_config_file  # noqa: E402
-from jaxrank.data.synthetic import query_preset, world_vocabulary  # noqa: E402
 from jaxrank.recipes import contrastive, region_r1  # noqa: E402
 from jaxrank.search import Index  # noqa: E402
 from jaxrank.train_step import TrainState, jit_train_step, make_train_step  # noqa: E402
@@ -129,21 +129,7 @@ def region_r1_step() -> dict[str, np.ndarray]:
         state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
     out = flat("region_r1/initial", params)
 
-    world = contrastive.build_world(cfg.scorer)
-    queries = world.queries("train", 8, query_preset("moderate"))
-    rng = np.random.default_rng(0)
-    kb = rng.normal(size=(world.num_entities, cfg.scorer.model.embed_dim)).astype(np.float32)
-    kb /= np.linalg.norm(kb, axis=1, keepdims=True)
-    pool_ids = rng.integers(0, world.num_entities, (8, 20)).astype(np.int32)
-    pool_ids[:6, 3] = queries["entity"][:6]  # two pools without their positive
-    batch = {
-        "images": queries["images"],
-        "tokens": world_vocabulary().encode(queries["questions"], cfg.policy.max_len),
-        "boxes": queries["boxes"],
-        "pool_ids": pool_ids,
-        "labels": (pool_ids == queries["entity"][:, None]).astype(np.float32),
-        "pool_valid": np.ones((8, 20), bool),
-    }
+    batch, kb = toy_batch(cfg)
     mine = jax.tree.map(lambda x: x[local_rows(8)], batch)
     frozen = {"kb": parallel.put_replicated(kb, mesh), "scorer": scorer_params, "ref": reference}
     step = jit_train_step(region_r1.make_step(cfg, graphdef, scorer, optimizer), state)

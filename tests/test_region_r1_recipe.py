@@ -13,10 +13,10 @@ import optax
 import pytest
 from fast_xla import fast_compile, subprocess_env
 from flax import nnx
+from region_r1_batch import toy_batch
 
 from jaxrank import parallel
 from jaxrank.configs import apply_overrides, load_config_file
-from jaxrank.data.synthetic import query_preset, world_vocabulary
 from jaxrank.recipes import contrastive, region_r1
 from jaxrank.search import Index
 from jaxrank.train_step import TrainState
@@ -57,21 +57,7 @@ def one_step(cfg, mesh):
     optimizer = optax.sgd(0.5)  # compares gradients, not Adam's near-sign of them
     state = TrainState.create(params, optimizer, cfg.seed)
 
-    world = contrastive.build_world(cfg.scorer)
-    queries = world.queries("train", 8, query_preset("moderate"))
-    rng = np.random.default_rng(0)
-    kb = rng.normal(size=(world.num_entities, cfg.scorer.model.embed_dim)).astype(np.float32)
-    kb /= np.linalg.norm(kb, axis=1, keepdims=True)
-    pool_ids = rng.integers(0, world.num_entities, (8, 20)).astype(np.int32)
-    pool_ids[:6, 3] = queries["entity"][:6]  # two pools without their positive
-    batch = {
-        "images": queries["images"],
-        "tokens": world_vocabulary().encode(queries["questions"], cfg.policy.max_len),
-        "boxes": queries["boxes"],
-        "pool_ids": pool_ids,
-        "labels": (pool_ids == queries["entity"][:, None]).astype(np.float32),
-        "pool_valid": np.ones((8, 20), bool),
-    }
+    batch, kb = toy_batch(cfg)
     frozen = {
         "kb": parallel.put_replicated(kb, mesh),
         "scorer": scorer_params,
