@@ -21,14 +21,13 @@ import PIL.Image
 from jaxrank.data.errors import BadRows, DataError
 
 SOURCES = {
-    "evqa": "https://github.com/google-research/google-research/tree/master/encyclopedic_vqa",
+    "E-VQA": "https://github.com/google-research/google-research/tree/master/encyclopedic_vqa",
+    "InfoSeek": "https://github.com/Go2Heart/EchoSight (InfoSeek CSVs and the 100K KB)",
     "inaturalist": "https://github.com/visipedia/inat_comp/tree/master/2021 (iNat 2021 train/val)",
     "landmarks": "https://github.com/cvdfoundation/google-landmark (GLDv2 train)",
     "id2name": "https://github.com/Go2Heart/EchoSight (train/val_id2name.json)",
     "mbeir": "https://huggingface.co/datasets/TIGER-Lab/M-BEIR",
-    "infoseek": "https://github.com/open-vision-language/infoseek",
     "oven": "https://github.com/edchengg/oven_eval (image_downloads)",
-    "echosight": "https://github.com/Go2Heart/EchoSight (the 100K InfoSeek KB)",
     "tfds": "tfds build <builder> --file_format=array_record (see docs/rar.md)",
     "weights": "the Hugging Face Hub: `huggingface-cli download <id>` on a machine online",
 }
@@ -60,28 +59,29 @@ def _weights(check: DataCheck, what: str, source: str) -> None:
         check.missing.append({"what": what, "path": source, "get it": SOURCES["weights"]})
 
 
-def _evqa(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+def _evqa_format(
+    cfg: ml_collections.ConfigDict, check: DataCheck, samples: int, needs: list[tuple]
+) -> None:
+    """E-VQA's CSVs and KB, or InfoSeek converted to them: ``needs`` lists the image files."""
     from jaxrank.data.evqa import read_evqa_csv, read_query_image
     from jaxrank.data.wiki_kb import iter_kb
     from jaxrank.recipes.region_r1_benchmark import image_layout
 
-    data = cfg.data
-    present = [
-        check.need("E-VQA train CSV", data.train_csv, SOURCES["evqa"]),
-        check.need("E-VQA test CSV", data.test_csv, SOURCES["evqa"]),
-        check.need("E-VQA knowledge base", data.kb, SOURCES["evqa"]),
-        check.need("iNaturalist 2021 images", data.inaturalist_root, SOURCES["inaturalist"]),
-        check.need("Google Landmarks v2 images", data.landmarks_root, SOURCES["landmarks"]),
-        check.need("iNat train id2name", data.train_id2name, SOURCES["id2name"]),
-        check.need("iNat val id2name", data.test_id2name, SOURCES["id2name"]),
+    data, name = cfg.data, data_name(cfg)
+    files = [
+        (f"{name} train CSV", data.train_csv, SOURCES[name]),
+        (f"{name} test CSV", data.test_csv, SOURCES[name]),
+        (f"{name} knowledge base", data.kb, SOURCES[name]),
+        *needs,
     ]
+    present = [check.need(*item) for item in files]
     _weights(check, "scorer checkpoint", cfg.scorer_checkpoint)
     _weights(check, "policy checkpoint", cfg.policy.checkpoint)
     if not all(present):
         return
     for split in ("train", "test"):
         bad, usable = BadRows(), 0
-        layout = image_layout(data, data[f"{split}_id2name"])
+        layout = image_layout(data, data.get(f"{split}_id2name", ""))
         for example in read_evqa_csv(data[f"{split}_csv"], bad):
             image = read_query_image(example, layout, bad)
             if image is not None:
@@ -91,6 +91,25 @@ def _evqa(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> Non
         check.counts[split] = {"usable": usable, **bad.report()}
     bad = BadRows()
     check.counts["kb"] = {"entries": sum(1 for _ in iter_kb(data.kb, bad)), **bad.report()}
+
+
+def data_name(cfg: ml_collections.ConfigDict) -> str:
+    return {"evqa": "E-VQA", "infoseek": "InfoSeek"}[cfg.data.benchmark]
+
+
+def _evqa(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    data = cfg.data
+    needs = [
+        ("iNaturalist 2021 images", data.inaturalist_root, SOURCES["inaturalist"]),
+        ("Google Landmarks v2 images", data.landmarks_root, SOURCES["landmarks"]),
+        ("iNat train id2name", data.train_id2name, SOURCES["id2name"]),
+        ("iNat val id2name", data.test_id2name, SOURCES["id2name"]),
+    ]
+    _evqa_format(cfg, check, samples, needs)
+
+
+def _infoseek(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    _evqa_format(cfg, check, samples, [("OVEN images", cfg.data.oven_root, SOURCES["oven"])])
 
 
 def _tfds(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
@@ -123,35 +142,6 @@ def _tfds(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> Non
             check.samples.append((np.asarray(record["image"]), f"{part}: {names[record['label']]}"))
     _weights(check, "memory encoder", "" if cfg.memory.encoder == "pixels" else cfg.memory.encoder)
     _weights(check, "ranker checkpoint", cfg.ranker.checkpoint)
-
-
-def _infoseek(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
-    from jaxrank.data import infoseek
-
-    data, source = cfg.data, SOURCES["infoseek"]
-    present = [
-        check.need("InfoSeek train questions", data.train_jsonl, source),
-        check.need("InfoSeek val questions", data.test_jsonl, source),
-        check.need("InfoSeek train entity join", data.train_withkb, source),
-        check.need("InfoSeek val entity join", data.test_withkb, source),
-        check.need("InfoSeek 100K knowledge base", data.kb, SOURCES["echosight"]),
-        check.need("OVEN images", data.oven_root, SOURCES["oven"]),
-    ]
-    _weights(check, "scorer checkpoint", cfg.scorer_checkpoint)
-    _weights(check, "policy checkpoint", cfg.policy.checkpoint)
-    if not all(present):
-        return
-    for split in ("train", "test"):
-        bad = BadRows()
-        links = infoseek.read_withkb(data[f"{split}_withkb"], bad)
-        usable = 0
-        for example in infoseek.read_infoseek(data[f"{split}_jsonl"], bad, links=links):
-            image = infoseek.read_query_image(example, data.oven_root, bad)
-            if image is not None:
-                usable += 1
-                if len(check.samples) < samples:
-                    check.samples.append((image, f"{split}: {example.question}"))
-        check.counts[split] = {"usable": usable, **bad.report()}
 
 
 def _mbeir(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:

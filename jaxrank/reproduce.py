@@ -61,8 +61,8 @@ TARGETS = {
         "region_r1/infoseek.py",
         {"MRR": 0.706, "R@1": 66.5, "CondR@1": 0.81},
         "Region-R1, main results table (PAPERS.md §1), InfoSeek validation",
-        None,
-        "the InfoSeek readers exist (data/infoseek.py); the recipe does not read them yet",
+        _region_r1("infoseek"),
+        "InfoSeek as EchoSight converted it (E-VQA-format CSVs, the 100K KB); scorer as E-VQA's",
     ),
     "elva_mbeir": Target(
         "elva/mbeir.py",

@@ -1,6 +1,7 @@
-"""Region-R1 end to end on the E-VQA-format fixture: the CSV's single-hop rows with their
-iNaturalist / GLDv2 images, the knowledge-base JSON, a tiny Hugging Face CLIP as the frozen
-scorer and a tiny vision-language policy, trained by r-GRPO and evaluated, through the CLI.
+"""Region-R1 on released benchmark files. End to end on the E-VQA-format fixture: the CSV's
+single-hop rows with their iNaturalist / GLDv2 images, the knowledge-base JSON, a tiny Hugging
+Face CLIP as the frozen scorer and a tiny vision-language policy, trained by r-GRPO and
+evaluated, through the CLI. InfoSeek's query sets in EchoSight's format.
 The pools and labels are checked against numpy ranking with the scorer run separately."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
@@ -17,11 +19,14 @@ import pytest
 from fast_xla import subprocess_env
 from hf_checkpoints import tiny_checkpoint
 
+from jaxrank import parallel
+from jaxrank.configs import apply_overrides, load_config_file
 from jaxrank.data.errors import BadRows
 from jaxrank.data.evqa import ImageLayout, load_id2name, read_evqa_csv, read_query_image
 from jaxrank.data.wiki_kb import iter_kb
 from jaxrank.models.hf import load_pretrained
 from jaxrank.models.hf.inputs import pretrained_inputs
+from jaxrank.recipes.region_r1_benchmark import BenchmarkScorer, query_set
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "evqa"
@@ -127,3 +132,48 @@ def _reference_mrr(clip: Path) -> float:
         gold = scores[urls.index(example.wikipedia_urls[0])]
         ranks.append(1 + int((scores > gold).sum()))
     return float(np.mean(1.0 / np.asarray(ranks)))
+
+
+INFOSEEK = ROOT / "tests" / "fixtures" / "infoseek"
+
+
+def test_infoseek_in_echosights_format_gives_pools_ranked_by_the_scorer(tmp_path):
+    """InfoSeek questions in EchoSight's E-VQA-format CSV, OVEN images in the sharded layout:
+    each usable query's pool is the knowledge base ranked by the scorer (numpy reference) and
+    labels mark its gold page; the missing image is a counted bad row."""
+    clip = tmp_path / "clip"
+    tiny_checkpoint(clip, "clip", seed=3)
+    data = {
+        "train_csv": INFOSEEK / "echosight_test_filtered.csv",
+        "test_csv": INFOSEEK / "echosight_test_filtered.csv",
+        "kb": FIXTURE / "kb.json",
+        "oven_root": INFOSEEK / "oven_images",
+        "oven_layout": "sharded",
+        "image_size": 48,
+        "pool_size": 4,
+    }
+    overrides = [f"data.{k}={v}" for k, v in data.items()]
+    overrides += [f"scorer_checkpoint={clip}", "scorer_dtype=float32", "eval.batch_size=4"]
+    cfg = apply_overrides(load_config_file(CONFIG.with_name("infoseek.py")), overrides)
+    mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
+    scorer = BenchmarkScorer(cfg, tmp_path, mesh)
+    queries = query_set(cfg, scorer, "test", mesh)
+    assert queries["report"]["skipped"] == {"missing_image": 1}
+    assert queries["questions"] == [
+        "Which country is this bird native to?",
+        "How tall is this building in metres?",
+        "When was this plant first described?",
+    ]
+    model, inputs = load_pretrained(clip).model, pretrained_inputs(clip)
+    images = jnp.asarray(queries["images"])
+    full = np.asarray(model.encode_image(inputs.pixels(images)), np.float64)
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    kb = np.asarray(scorer.kb, np.float64)
+    expected = np.argsort(-(full @ kb.T), axis=1)
+    valid = queries["pool_valid"]
+    assert valid[:, :3].all() and not valid[:, 3].any()  # a KB of 3 pages, K = 4
+    np.testing.assert_array_equal(queries["pool_ids"][:, :3], expected)
+    gold = ["Common_raven", "Menger_Hotel", "Common_sunflower"]
+    for row, page in enumerate(gold):
+        hit = [scorer.urls[i].endswith(page) for i in queries["pool_ids"][row, :3]]
+        np.testing.assert_array_equal(queries["labels"][row, :3], hit)

@@ -50,9 +50,12 @@ import numpy as np
 
 from jaxrank.data.errors import BadRows, DataError
 from jaxrank.data.images import read_image
+from jaxrank.data.infoseek import oven_image_path
 
-QUESTION_TYPES = ("templated", "automatic", "multi_answer", "2_hop")
-SINGLE_HOP_TYPES = frozenset({"templated", "automatic", "multi_answer"})
+# "infoseek": EchoSight's InfoSeek questions converted to this CSV format (DATA_FORMATS.md §2:
+# question_type and dataset_name "infoseek", OVEN image ids, an extra data_id column).
+QUESTION_TYPES = ("templated", "automatic", "multi_answer", "2_hop", "infoseek")
+SINGLE_HOP_TYPES = frozenset({"templated", "automatic", "multi_answer", "infoseek"})
 REQUIRED_COLUMNS = (
     "question",
     "answer",
@@ -64,6 +67,7 @@ REQUIRED_COLUMNS = (
 IMAGE_ID_FORMS = {
     "inaturalist": re.compile(r"[0-9]+"),  # iNat21 integer image id
     "landmarks": re.compile(r"[0-9a-f]{16}"),  # GLDv2 16-character id
+    "infoseek": re.compile(r"oven_[0-9]{2,}"),  # OVEN image id
 }
 _FIELD_LIMIT = 1 << 24  # evidence cells can exceed csv's default 128 KiB
 
@@ -219,6 +223,8 @@ class ImageLayout:
     inaturalist_pattern: str = "{name}"
     landmarks_pattern: str = "{id[0]}/{id[1]}/{id[2]}/{id}.jpg"
     inaturalist_id2name: Mapping[str, str] | None = field(default=None, repr=False)
+    oven_root: Path | None = None  # InfoSeek's OVEN images
+    oven_layout: str = "sharded"  # <root>/<first two digits>/<id>.<ext>, or "flat"
 
     @classmethod
     def flat(cls, inaturalist_root: str | Path, landmarks_root: str | Path) -> ImageLayout:
@@ -241,6 +247,10 @@ def load_id2name(path: str | Path) -> dict[str, str]:
 def image_path(dataset_name: str, image_id: str, layout: ImageLayout) -> Path | None:
     """The file of one image, or None when ``image_id`` is not in the id2name map. A layout that
     cannot place this dataset at all (no root; ``{name}`` without a map) is a ``DataError``."""
+    if dataset_name == "infoseek":
+        if layout.oven_root is None:
+            raise DataError("ImageLayout has no oven_root for InfoSeek's OVEN images")
+        return oven_image_path(image_id, layout.oven_root, layout=layout.oven_layout)
     if dataset_name == "inaturalist":
         root, pattern = layout.inaturalist_root, layout.inaturalist_pattern
     elif dataset_name == "landmarks":

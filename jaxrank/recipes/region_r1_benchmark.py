@@ -1,4 +1,5 @@
-"""Region-R1 on a released benchmark (E-VQA, PAPERS.md §1): its questions and images, its
+"""Region-R1 on a released benchmark (E-VQA, and InfoSeek in EchoSight's conversion to E-VQA's
+CSV format; PAPERS.md §1): its questions and images, its
 knowledge base and a frozen pretrained CLIP-family scorer, turned into the query sets the
 synthetic world gives (images, questions, top-K pools, labels), so the MLLM recipe runs on them
 unchanged.
@@ -37,7 +38,7 @@ from jaxrank.models.hf import load_pretrained
 from jaxrank.models.hf.inputs import pretrained_inputs
 from jaxrank.search import Index
 
-BENCHMARKS = ("evqa",)
+BENCHMARKS = ("evqa", "infoseek")  # InfoSeek as EchoSight converted it to E-VQA's CSV format
 
 
 def entry_text(entry: WikiEntry) -> str:
@@ -83,10 +84,13 @@ class BenchmarkScorer:
 
 
 def image_layout(data: ml_collections.ConfigDict, id2name: str) -> ImageLayout:
+    folder = lambda key: Path(data[key]) if data.get(key) else None
     return ImageLayout(
-        Path(data.inaturalist_root) if data.inaturalist_root else None,
-        Path(data.landmarks_root) if data.landmarks_root else None,
+        folder("inaturalist_root"),
+        folder("landmarks_root"),
         inaturalist_id2name=load_id2name(id2name) if id2name else None,
+        oven_root=folder("oven_root"),
+        oven_layout=data.get("oven_layout", "sharded"),
     )
 
 
@@ -104,7 +108,7 @@ def query_set(
     ``region_r1.query_set`` gives them, plus ``report`` (the bad rows)."""
     data = cfg.data
     bad = BadRows(strict=data.strict)
-    layout = image_layout(data, data[f"{split}_id2name"])
+    layout = image_layout(data, data.get(f"{split}_id2name", ""))
     row_of = {url: i for i, url in enumerate(scorer.urls)}
     images, questions, gold = [], [], []
     limit = data.get(f"max_{split}_queries", 0)
