@@ -1,0 +1,102 @@
+"""Throughput in the units TPU users read: FLOPs counted from the model's shape, TFLOP/s per
+device and MFU (model FLOPs utilisation) against the chip's peak.
+
+**Counting.** A matmul of ``[m, k] @ [k, n]`` is ``2 m k n`` FLOPs; everything else
+(softmax, norms, activations, residual adds) is left out, as MFU conventionally does. One
+transformer layer over ``T`` tokens of width ``d`` with MLP width ``f``:
+
+- projections: ``2 T d (d + 2 d_kv)`` (q, k, v) + ``2 T d d`` (output);
+- attention: ``2 T^2 d`` (scores) + ``2 T^2 d`` (weights x values), with ``T`` keys per query;
+- MLP: ``2 T d f`` per matrix, 2 matrices (3 when gated, as SwiGLU).
+
+A ViT adds its patch embedding, ``2 P (p^2 c) d`` over ``P`` patches. A training step is
+forward + backward = 3x the forward (the backward computes gradients of both the inputs and
+the weights).
+
+**Peaks.** Dense bf16 matmul peaks per chip from the vendors' spec sheets (table below), and
+for any machine the measured rate of one large matmul (``measured_peak_tflops``): on CPUs,
+where no table applies, MFU is against that.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+# device_kind prefix -> dense bf16 TFLOP/s per chip. Sources: Google Cloud TPU system
+# architecture pages (v4 275, v5e 197, v5p 459, v6e Trillium 918); NVIDIA H100 SXM datasheet
+# (989 dense bf16). "TPU v5 lite" is v5e's device_kind, "TPU v6 lite" v6e's.
+PEAK_BF16_TFLOPS = (
+    ("TPU v4", 275.0),
+    ("TPU v5 lite", 197.0),
+    ("TPU v5", 459.0),  # v5p (after "TPU v5 lite", so v5e never matches it)
+    ("TPU v6 lite", 918.0),
+    ("NVIDIA H100", 989.0),
+)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """The table's peak for ``device_kind`` (as ``jax.devices()[0].device_kind`` names it)."""
+    for prefix, peak in PEAK_BF16_TFLOPS:
+        if device_kind.startswith(prefix):
+            return peak
+    return None
+
+
+def measured_peak_tflops(size: int = 2048, dtype: DTypeLike = jnp.float32, repeats: int = 5):
+    """TFLOP/s of one ``size x size`` matmul on the default device, best of ``repeats``
+    after compilation: the machine's practical peak, measured once."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(matmul(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12
+
+
+def transformer_layer_flops(
+    tokens: int, width: int, mlp_dim: int, *, kv_width: int | None = None, gated: bool = False
+) -> int:
+    """Forward matmul FLOPs of one self-attention layer over ``tokens`` tokens (one example)."""
+    kv = width if kv_width is None else kv_width
+    projections = 2 * tokens * width * (width + 2 * kv) + 2 * tokens * width * width
+    attention = 2 * 2 * tokens * tokens * width
+    mlp = (3 if gated else 2) * 2 * tokens * width * mlp_dim
+    return projections + attention + mlp
+
+
+def vit_forward_flops(
+    image_size: int,
+    patch_size: int,
+    width: int,
+    depth: int,
+    mlp_dim: int,
+    *,
+    channels: int = 3,
+    class_token: bool = True,
+    embed_dim: int = 0,
+) -> int:
+    """Forward matmul FLOPs of a ViT on one image (patch embedding, ``depth`` layers, and a
+    projection of the pooled token to ``embed_dim`` when given)."""
+    patches = (image_size // patch_size) ** 2
+    tokens = patches + int(class_token)
+    embedding = 2 * patches * patch_size**2 * channels * width
+    layers = depth * transformer_layer_flops(tokens, width, mlp_dim)
+    return embedding + layers + 2 * width * embed_dim
+
+
+def train_step_flops(forward_flops: int) -> int:
+    """Forward + backward: 3x the forward."""
+    return 3 * forward_flops
+
+
+def utilisation(flops_per_step: float, step_seconds: float, devices: int, peak: float | None):
+    """``(TFLOP/s per device, MFU or None)`` of a step of ``flops_per_step`` over ``devices``."""
+    per_device = flops_per_step / step_seconds / devices / 1e12
+    return per_device, (per_device / peak if peak else None)
