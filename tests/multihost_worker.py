@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from region_r1_batch import toy_batch  # noqa: E402
+from test_region_r1_recipe import TINY_MODELS  # noqa: E402
 
 from jaxrank import parallel  # noqa: E402
 from jaxrank.checkpoint import Checkpointer  # noqa: E402
@@ -47,18 +48,7 @@ CONTRASTIVE = [  # tests/test_contrastive_recipe.py's tiny config
     "train.data_threads=1",
     "eval.batch_size=16",
 ]
-REGION_R1 = [  # tests/test_region_r1_recipe.py's tiny config
-    "scorer.model.width=32",
-    "scorer.model.depth=1",
-    "scorer.model.heads=2",
-    "scorer.model.embed_dim=16",
-    "policy.width=32",
-    "policy.depth=1",
-    "policy.heads=2",
-    "policy.fusion_depth=1",
-    "train.batch_size=8",
-    "rl.num_generations=4",
-]
+REGION_R1 = [*TINY_MODELS, "train.batch_size=8", "rl.num_generations=4"]
 
 
 def flat(prefix: str, tree: Any) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import pytest
+from evqa_fixture import FIXTURE, evqa_paths
 from fast_xla import subprocess_env
 from hf_checkpoints import tiny_checkpoint
 
@@ -29,19 +30,12 @@ from jaxrank.models.hf.inputs import pretrained_inputs
 from jaxrank.recipes.region_r1_benchmark import BenchmarkScorer, query_set
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "evqa"
 CONFIG = ROOT / "configs" / "region_r1" / "evqa.py"
 
 
 def _overrides(clip: Path) -> list[str]:
     data = {
-        "train_csv": FIXTURE / "test.csv",  # the fixture has one split; it serves both
-        "test_csv": FIXTURE / "test.csv",
-        "kb": FIXTURE / "kb.json",
-        "inaturalist_root": FIXTURE / "inaturalist",
-        "train_id2name": FIXTURE / "inaturalist" / "val_id2name.json",
-        "test_id2name": FIXTURE / "inaturalist" / "val_id2name.json",
-        "landmarks_root": FIXTURE / "landmarks",
+        **evqa_paths(),
         "image_size": 48,
         "pool_size": 4,
     }

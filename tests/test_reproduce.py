@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from evqa_fixture import evqa_paths
 from hf_checkpoints import tiny_checkpoint
 
 from jaxrank.configs import apply_overrides, load_config_file
@@ -17,7 +18,6 @@ from jaxrank.data_check import check_data, write_check
 from jaxrank.reproduce import TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "evqa"
 
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TFDS_DATA_DIR=str(ROOT / "no_such_tfds_dir"))
@@ -71,16 +71,7 @@ def test_every_target_names_a_config_and_its_source():
 def test_data_check_on_the_evqa_fixture(tmp_path):
     clip = tmp_path / "clip"
     tiny_checkpoint(clip, "clip", seed=0)
-    paths = {
-        "train_csv": FIXTURE / "test.csv",
-        "test_csv": FIXTURE / "test.csv",
-        "kb": FIXTURE / "kb.json",
-        "inaturalist_root": FIXTURE / "inaturalist",
-        "train_id2name": FIXTURE / "inaturalist" / "val_id2name.json",
-        "test_id2name": FIXTURE / "inaturalist" / "val_id2name.json",
-        "landmarks_root": FIXTURE / "landmarks",
-    }
-    overrides = [f"data.{k}={v}" for k, v in paths.items()]
+    overrides = [f"data.{k}={v}" for k, v in evqa_paths().items()]
     overrides += [f"scorer_checkpoint={clip}", "policy.checkpoint="]
     cfg = apply_overrides(load_config_file(ROOT / "configs" / "region_r1" / "evqa.py"), overrides)
     check = check_data(cfg, samples=2)
