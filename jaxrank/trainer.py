@@ -39,11 +39,14 @@ def fit(
     checkpoint_every: int,
     frozen: Any = None,
     samples_per_step: int = 0,
+    profile_steps: tuple[int, int] | None = None,
 ) -> TrainState:
     """Train until ``total_steps`` from the latest checkpoint in ``workdir`` (if any).
 
     ``data`` is a grain dataset (its iterator has ``get_state``/``set_state``); ``step_fn`` is
-    jitted and donates its state argument.
+    jitted and donates its state argument. ``profile_steps=(first, last)`` writes a JAX
+    profiler trace of those steps to ``<workdir>/profile`` (TensorBoard's profile plugin or
+    Perfetto read it); pick steps after the first, which compiles.
     """
     workdir = Path(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints")
@@ -70,8 +73,13 @@ def fit(
         if start == 0 and total_steps == 0:  # a model used as is (e.g. a pretrained scorer)
             checkpointer.save(0, state, {"iterator": iterator.get_state()})
         for step in range(start + 1, total_steps + 1):
+            if profile_steps and step == profile_steps[0]:
+                jax.profiler.start_trace(str(workdir / "profile"))
             batch = place_batch(next(iterator))
             state, metrics = step_fn(state, batch, frozen)
+            if profile_steps and step == profile_steps[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
             pending.append(metrics)
             last = step == total_steps
             if step % log_every == 0 or last:

@@ -117,7 +117,10 @@ def _train_cmd(workdir, steps):
 def test_sigkill_then_resume_ends_with_the_same_results(tmp_path):
     env = subprocess_env(tmp_path / "xla_cache")  # shared by the three runs
     steps = 30
-    subprocess.run(_train_cmd(tmp_path / "straight", steps), env=env, check=True, timeout=600)
+    straight = [*_train_cmd(tmp_path / "straight", steps), "--config.train.profile_steps=(4, 6)"]
+    subprocess.run(straight, env=env, check=True, timeout=600)
+    trace = list((tmp_path / "straight" / "profile").rglob("*.xplane.pb"))
+    assert len(trace) == 1 and trace[0].stat().st_size > 0  # the profiler flag's trace
 
     killed = tmp_path / "killed"
     sigkill_after(_train_cmd(killed, steps), killed / "checkpoints" / "10", env)

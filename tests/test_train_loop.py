@@ -55,7 +55,7 @@ def test_step_is_plain_sgd_and_guard_freezes_on_nan():
     assert int(later.first_bad_step) == 1
 
 
-def _fit(workdir, total, data=None, every=5):
+def _fit(workdir, total, data=None, every=5, profile_steps=None):
     optimizer = optax.adam(0.05)
     step = jax.jit(make_train_step(quadratic_loss, optimizer), donate_argnums=0)
     return fit(
@@ -67,7 +67,16 @@ def _fit(workdir, total, data=None, every=5):
         total_steps=total,
         log_every=every,
         checkpoint_every=every,
+        profile_steps=profile_steps,
     )
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+    state = _fit(tmp_path / "run", 8, profile_steps=(3, 5))
+    traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    # Profiling changes nothing the run computes.
+    np.testing.assert_array_equal(state.params["w"], _fit(tmp_path / "plain", 8).params["w"])
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -43,6 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
             "log_every": 25,
             "checkpoint_every": 100,
             "data_threads": 2,
+            # (first, last): a JAX profiler trace of those steps in <workdir>/profile
+            "profile_steps": (),
         }
     )
     c.eval = ml_collections.ConfigDict(

@@ -93,6 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
             "checkpoint_every": 100,
             "data_threads": 1,
             "profile_repeats": 5,  # timing of the step's parts, before training
+            # (first, last): a JAX profiler trace of those steps in <workdir>/profile
+            "profile_steps": (),
         }
     )
     c.eval = ml_collections.ConfigDict(

@@ -355,6 +355,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
             checkpoint_every=cfg.train.checkpoint_every,
             frozen=kb,
             samples_per_step=cfg.train.batch_size,
+            profile_steps=tuple(cfg.train.get("profile_steps", ())) or None,
         )
         results = evaluate(graphdef, state.params, world, cfg, mesh)
     train_info = {

@@ -324,6 +324,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
             checkpoint_every=cfg.train.checkpoint_every,
             frozen=frozen,
             samples_per_step=cfg.train.batch_size,
+            profile_steps=tuple(cfg.train.get("profile_steps", ())) or None,
         )
         train_seconds = time.perf_counter() - train_started
         results = evaluate(cfg, graphdef, state.params, initial, frozen, scorer, mesh)
