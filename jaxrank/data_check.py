@@ -114,12 +114,13 @@ def _infoseek(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) ->
 
 def _tfds(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
     from jaxrank.data import fewshot_tfds
+    from jaxrank.recipes.rar_data import protocol_splits
 
     data = cfg.data
-    entry = fewshot_tfds.FEWSHOT_DATASETS.get(data.name)
+    train, test = protocol_splits(data)
     parts = {
-        "shots": (data.name, data.train_split or (entry.train_split if entry else "train")),
-        "test": (data.name, data.test_split or (entry.test_split if entry else "test")),
+        "shots": (data.name, train),
+        "test": (data.name, test),
         "ranker pool": (data.finetune_name, data.finetune_split),
     }
     for part, (name, split) in parts.items():
@@ -186,7 +187,7 @@ def checker(cfg: ml_collections.ConfigDict) -> Callable[..., None]:
         return _infoseek
     if data.get("source") == "tfds":
         return _tfds
-    if data.get("benchmark", "synthetic") in ("synthetic",) and data.get("source") != "tfds":
+    if data.get("benchmark", "synthetic") == "synthetic":
         return _synthetic
     raise DataError(f"no data check for data.benchmark={data.get('benchmark')!r} yet")
 
@@ -222,15 +223,15 @@ def print_missing(check: DataCheck) -> None:
         print(f"  - {item['what']}: {item['path']}\n      get it: {item['get it']}")
 
 
-def _run(args, config) -> int:
-    check = check_data(config(args), args.samples)
+def _run(args, cfg: ml_collections.ConfigDict) -> None:
+    """Exit status 1 when anything is missing."""
+    check = check_data(cfg, args.samples)
     write_check(check, Path(args.out))
     print(json.dumps(check.counts, indent=2))
     if check.missing:
         print_missing(check)
-        return 1
+        raise SystemExit(1)
     print(f"data complete; report in {Path(args.out) / 'data_check.json'}")
-    return 0
 
 
 def add_commands(sub, config_help: str, config: Callable) -> None:
@@ -241,10 +242,4 @@ def add_commands(sub, config_help: str, config: Callable) -> None:
     check.add_argument("--config", required=True, help=config_help)
     check.add_argument("--out", default="data_check", help="folder for the JSON and PNG")
     check.add_argument("--samples", type=int, default=8, help="queries in the gallery")
-    check.set_defaults(run=lambda args, extra: _run_exit(args, lambda a: config(a, extra)))
-
-
-def _run_exit(args, config) -> None:
-    status = _run(args, config)
-    if status:
-        raise SystemExit(status)
+    check.set_defaults(run=lambda args, extra: _run(args, config(args, extra)))

@@ -113,6 +113,8 @@ def reproduce(name: str, workdir: str | Path, overrides: list[str]) -> dict[str,
 def _run(args, extra) -> None:
     from jaxrank.cli import _split_overrides
 
+    args.workdir = args.workdir or f"runs/{args.name}"
+    Path(args.workdir).parent.mkdir(parents=True, exist_ok=True)
     if reproduce(args.name, args.workdir, _split_overrides(extra)) is None:
         raise SystemExit(1)
 
@@ -122,10 +124,4 @@ def add_command(sub) -> None:
     command = sub.add_parser("reproduce", help="check the data, run a paper setting, compare")
     command.add_argument("name", help=f"one of {', '.join(TARGETS)}")
     command.add_argument("--workdir", default="", help="run folder (default runs/<name>)")
-    command.set_defaults(run=lambda args, extra: _run_target(args, extra))
-
-
-def _run_target(args, extra) -> None:
-    args.workdir = args.workdir or f"runs/{args.name}"
-    Path(args.workdir).parent.mkdir(parents=True, exist_ok=True)
-    _run(args, extra)
+    command.set_defaults(run=_run)

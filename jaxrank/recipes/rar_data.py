@@ -28,31 +28,36 @@ class RARData:
     test: LabelledImages
 
 
-def _tfds_part(name: str, split: str, data_dir: str | None, size: int, rows=None):
-    source = fewshot_tfds.load_split(name, split, data_dir)
-    names = tuple(fewshot_tfds.class_names(source))
+def protocol_splits(data: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(train, test) split of ``data.name``: the config's, else the dataset's protocol ones."""
+    entry = fewshot_tfds.FEWSHOT_DATASETS.get(data.name)
+    train = data.train_split or (entry.train_split if entry else "train")
+    return train, data.test_split or (entry.test_split if entry else "test")
+
+
+def _labelled(source, size: int, rows=None) -> LabelledImages:
     images, labels = fewshot_tfds.read_arrays(source, size, rows)
-    return LabelledImages(images, labels, names)
+    return LabelledImages(images, labels, tuple(fewshot_tfds.class_names(source)))
 
 
 def _tfds(cfg: ml_collections.ConfigDict) -> RARData:
     data = cfg.data
-    entry = fewshot_tfds.FEWSHOT_DATASETS.get(data.name)
-    train = data.train_split or (entry.train_split if entry else "train")
-    test = data.test_split or (entry.test_split if entry else "test")
-    data_dir = data.data_dir or None
-    size = data.image_size
+    train, test = protocol_splits(data)
+    load = lambda name, split: fewshot_tfds.load_split(name, split, data.data_dir or None)
     labels = fewshot_tfds.split_labels(
-        fewshot_tfds.load_split(data.name, train, data_dir, decode_images=False)
+        fewshot_tfds.load_split(data.name, train, data.data_dir or None, decode_images=False)
     )
-    shots = {}
-    for count in cfg.eval.shots:
-        rows = fewshot_tfds.sample_shots(labels, count, cfg.seed)
-        shots[count] = _tfds_part(data.name, train, data_dir, size, rows)
-    queries = _tfds_part(data.name, test, data_dir, size)
+    train_source = load(data.name, train)
+    shots = {
+        count: _labelled(
+            train_source, data.image_size, fewshot_tfds.sample_shots(labels, count, cfg.seed)
+        )
+        for count in cfg.eval.shots
+    }
+    queries = _labelled(load(data.name, test), data.image_size)
     if not data.finetune_name:
         raise ConfigError("data.finetune_name is empty: name the dataset the ranker learns on")
-    pool = _tfds_part(data.finetune_name, data.finetune_split, data_dir, size)
+    pool = _labelled(load(data.finetune_name, data.finetune_split), data.image_size)
     return RARData(pool, shots, queries)
 
 
