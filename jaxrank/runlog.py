@@ -1,5 +1,11 @@
 """The run folder's logs: metrics.jsonl, TensorBoard events and a progress bar.
 
+Every training row carries the throughput TPU users read: seconds per step with compilation
+taken out (``compile_s`` says how much there was), samples per second per device, and, given
+the step's matmul FLOPs, TFLOP/s per device and MFU against the chip's table peak (``mfu``,
+on chips in ``throughput.PEAK_BF16_TFLOPS``) and against this machine's measured matmul rate
+(``mfu_measured``, on any machine).
+
 Logs are resume-aware: reopening at step s drops every record after s (metrics.jsonl rows and
 TensorBoard events via ``purge_step``), so a killed-and-resumed run leaves the same logs as an
 uninterrupted one. In a multi-process run only process 0 writes them (every process computes
@@ -16,10 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
+from jaxrank import compile_clock, throughput
 from jaxrank.distributed import is_primary
 
 
@@ -55,13 +63,24 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 class RunLog:
-    """Appends metric rows for one run; ``start_step`` is where training (re)starts."""
+    """Appends metric rows for one run; ``start_step`` is where training (re)starts.
+
+    ``flops_per_step`` (the whole step's, over all devices) may be set once it is known: the
+    trainer counts it from the first step's program."""
 
     def __init__(
-        self, workdir: str | Path, start_step: int, total_steps: int, samples_per_step: int = 0
+        self,
+        workdir: str | Path,
+        start_step: int,
+        total_steps: int,
+        samples_per_step: int = 0,
+        flops_per_step: int = 0,
     ):
         self.workdir = Path(workdir)
         self.samples_per_step = samples_per_step
+        self.flops_per_step = flops_per_step
+        self.devices = jax.device_count()
+        self.peak_tflops = throughput.peak_tflops(jax.devices()[0].device_kind)
         self.metrics_path = self.workdir / "metrics.jsonl"
         self._primary = is_primary()
         if self._primary:
@@ -77,6 +96,7 @@ class RunLog:
             disable=not self._primary,
         )
         self._last_time = time.perf_counter()
+        self._last_compile = compile_clock.seconds()
         self._last_step = start_step
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "train") -> dict:
@@ -84,11 +104,9 @@ class RunLog:
         now = time.perf_counter()
         row: dict[str, Any] = {"step": int(step)}
         row.update({f"{prefix}/{k}": _scalar(v) for k, v in metrics.items()})
+        compiled = compile_clock.seconds()
         if step > self._last_step and prefix == "train":
-            steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
-            row["train/steps_per_s"] = steps_per_s
-            if self.samples_per_step:
-                row["train/samples_per_s"] = steps_per_s * self.samples_per_step
+            row.update(self._throughput(step - self._last_step, now, compiled))
         if self._primary:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -97,13 +115,34 @@ class RunLog:
                     self._writer.add_scalar(key, value, step)
         if prefix == "train":
             self._bar.update(step - self._last_step)
+            if row.get("train/compile_s", 0.0) >= 0.1:
+                self._bar.write(f"step {step}: {row['train/compile_s']:.1f} s compiling")
             shown = {
                 k.split("/", 1)[1]: f"{row[k]:.4g}"
-                for k in ("train/loss", "train/samples_per_s")
+                for k in ("train/loss", "train/samples_per_s", "train/tflops_per_device")
                 if k in row
             }
             self._bar.set_postfix(shown, refresh=False)
-            self._last_time, self._last_step = now, step
+            self._last_time, self._last_step, self._last_compile = now, step, compiled
+        return row
+
+    def _throughput(self, steps: int, now: float, compiled: float) -> dict[str, float]:
+        compile_s = compiled - self._last_compile
+        step_s = max(now - self._last_time - compile_s, 1e-9) / steps
+        row = {"train/step_s": step_s}
+        if compile_s > 0:
+            row["train/compile_s"] = compile_s
+        if self.samples_per_step:
+            row["train/samples_per_s"] = self.samples_per_step / step_s
+            row["train/samples_per_s_per_device"] = row["train/samples_per_s"] / self.devices
+        if self.flops_per_step:
+            per_device, mfu = throughput.utilisation(
+                self.flops_per_step, step_s, self.devices, self.peak_tflops
+            )
+            row["train/tflops_per_device"] = per_device
+            if mfu is not None:
+                row["train/mfu"] = mfu
+            row["train/mfu_measured"] = per_device / throughput.machine_peak_tflops()
         return row
 
     def close(self) -> None:

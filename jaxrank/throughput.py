@@ -20,6 +20,7 @@ where no table applies, MFU is against that.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -58,6 +59,15 @@ def measured_peak_tflops(size: int = 2048, dtype: DTypeLike = jnp.float32, repea
         jax.block_until_ready(matmul(a, a))
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e12
+
+
+@functools.cache
+def machine_peak_tflops() -> float:
+    """``measured_peak_tflops`` once per process, in the dtype training runs in there: float32
+    on CPUs (sized for a quick measurement), bfloat16 on accelerators."""
+    if jax.default_backend() == "cpu":
+        return measured_peak_tflops(1024, jnp.float32)
+    return measured_peak_tflops(8192, jnp.bfloat16)
 
 
 def transformer_layer_flops(

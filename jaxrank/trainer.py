@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxrank import flop_count
 from jaxrank.checkpoint import Checkpointer
 from jaxrank.runlog import RunLog
 from jaxrank.train_step import TrainState
@@ -40,6 +41,7 @@ def fit(
     frozen: Any = None,
     samples_per_step: int = 0,
     profile_steps: tuple[int, int] | None = None,
+    flops_per_step: int | None = None,
 ) -> TrainState:
     """Train until ``total_steps`` from the latest checkpoint in ``workdir`` (if any).
 
@@ -47,6 +49,10 @@ def fit(
     jitted and donates its state argument. ``profile_steps=(first, last)`` writes a JAX
     profiler trace of those steps to ``<workdir>/profile`` (TensorBoard's profile plugin or
     Perfetto read it); pick steps after the first, which compiles.
+
+    The log's TFLOP/s and MFU use ``flops_per_step``; by default it is counted from the first
+    step's program (``flop_count``). A host-driven step that cannot be traced whole counts
+    itself: it exposes ``matmul_flops``, set by its first call.
     """
     workdir = Path(workdir)
     checkpointer = Checkpointer(workdir / "checkpoints")
@@ -76,7 +82,12 @@ def fit(
             if profile_steps and step == profile_steps[0]:
                 jax.profiler.start_trace(str(workdir / "profile"))
             batch = place_batch(next(iterator))
+            if flops_per_step is None and not hasattr(step_fn, "matmul_flops"):
+                flops_per_step = flop_count.matmul_flops(step_fn, state, batch, frozen)
             state, metrics = step_fn(state, batch, frozen)
+            if flops_per_step is None:
+                flops_per_step = step_fn.matmul_flops
+            log.flops_per_step = flops_per_step
             if profile_steps and step == profile_steps[1]:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()

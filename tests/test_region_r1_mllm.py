@@ -205,7 +205,9 @@ def test_grpo_step_is_a_function_of_the_state(base):
         step, state, batch, frozen = _step_inputs(base)
         copy = jax.tree.map(jnp.copy, state)
         first, metrics = step(state, batch, frozen)
+        counted = step.matmul_flops  # the first step's FLOPs, for the throughput log
         again, metrics_again = step(copy, batch, frozen)
+    assert counted > 0 and step.matmul_flops == counted
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
     assert metrics["loss"] == metrics_again["loss"]

@@ -9,6 +9,7 @@ import pytest
 
 from jaxrank.checkpoint import Checkpointer, CheckpointError
 from jaxrank.runlog import read_jsonl
+from jaxrank.throughput import machine_peak_tflops
 from jaxrank.train_step import TrainState, make_train_step
 from jaxrank.trainer import NonFiniteLossError, fit
 
@@ -149,3 +150,20 @@ def test_rollout_runs_once_then_mu_updates_on_its_batch():
     assert int(new.step) == 1
     with pytest.raises(ValueError, match="updates_per_batch"):
         make_train_step(quadratic_loss, optimizer, updates_per_batch=0)
+
+
+def test_log_rows_carry_throughput(tmp_path):
+    _fit(tmp_path / "run", 10)
+    first, second = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    # The step's matmuls: forward x[4, 3] @ w[3] and the weight gradient err[4] @ x[4, 3],
+    # 2 * 4 * 3 FLOPs each.
+    flops = 2 * (2 * 4 * 3)
+    devices = jax.device_count()
+    for row in (first, second):
+        tflops = flops / row["train/step_s"] / devices / 1e12
+        assert row["train/tflops_per_device"] == pytest.approx(tflops)
+        assert row["train/mfu_measured"] == pytest.approx(tflops / machine_peak_tflops())
+        assert "train/mfu" not in row  # a CPU has no table peak
+    # The first stretch compiled the step; its step time is net of that.
+    assert first["train/compile_s"] > 0 and second.get("train/compile_s", 0.0) < 0.05
+    assert first["train/step_s"] < first["train/compile_s"]

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxrank import crop_tool, parallel, rerank
+from jaxrank import crop_tool, flop_count, parallel, rerank
 from jaxrank.checkpoint import Checkpointer
 from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
@@ -167,8 +167,13 @@ class GRPOStep:
         self.steps = 0  # timed steps: every step after the first (which compiles)
         self.tokens = 0
         self.first_step_seconds = 0.0
+        self.max_new_tokens = settings.max_new_tokens
+        self.matmul_flops = 0  # the first step's, for trainer.fit's throughput log
 
     def _timed(self, part: str, fn, *args):
+        if not self.first_step_seconds and part != "parse":  # parse runs on the host
+            trips = self.max_new_tokens  # an upper bound: decoding may stop early
+            self.matmul_flops += flop_count.matmul_flops(fn, *args, while_trips=trips)
         started = time.perf_counter()
         out = jax.block_until_ready(fn(*args))
         self.seconds[part] += time.perf_counter() - started
