@@ -29,6 +29,7 @@ SOURCES = {
     "mbeir": "https://huggingface.co/datasets/TIGER-Lab/M-BEIR",
     "oven": "https://github.com/edchengg/oven_eval (image_downloads)",
     "tfds": "tfds build <builder> --file_format=array_record (see docs/rar.md)",
+    "coop": "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md (splits, split_fewshot)",
     "weights": "the Hugging Face Hub: `huggingface-cli download <id>` on a machine online",
 }
 
@@ -145,6 +146,40 @@ def _tfds(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> Non
     _weights(check, "ranker checkpoint", cfg.ranker.checkpoint)
 
 
+def _coop(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
+    from jaxrank.data import coop_fewshot, coop_splits
+    from jaxrank.data.images import read_image
+
+    data = cfg.data
+    if not check.need("CoOp data root", data.coop_root, SOURCES["coop"]):
+        return
+    parts = {"shots and test": data.name, "ranker pool": data.finetune_name}
+    for part, name in parts.items():
+        bad = BadRows()
+        try:
+            splits = coop_splits.read_splits(data.coop_root, name, bad)
+        except DataError as e:
+            what = {"what": f"{part}: {name}", "path": str(e), "get it": SOURCES["coop"]}
+            check.missing.append(what)
+            continue
+        check.counts[part] = {
+            "dataset": name,
+            **{split: len(splits.rows(split)) for split in coop_splits.SPLITS},
+            "classes": len(splits.names),
+            **bad.report(),
+        }
+        for row in splits.test[: max(samples - len(check.samples), 0)]:
+            image = read_image(row.path, str(row.path), bad)
+            if image is not None:
+                check.samples.append((image, f"{part}: {row.classname}"))
+    if data.pickled_shots:
+        for shots in cfg.eval.shots:
+            path = coop_fewshot.fewshot_pickle_path(data.coop_root, data.name, shots, cfg.seed)
+            check.need(f"CoOp's {shots}-shot draw, seed {cfg.seed}", str(path), SOURCES["coop"])
+    _weights(check, "memory encoder", "" if cfg.memory.encoder == "pixels" else cfg.memory.encoder)
+    _weights(check, "ranker checkpoint", cfg.ranker.checkpoint)
+
+
 def _mbeir(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> None:
     from jaxrank.data import mbeir
 
@@ -187,6 +222,8 @@ def checker(cfg: ml_collections.ConfigDict) -> Callable[..., None]:
         return _infoseek
     if data.get("source") == "tfds":
         return _tfds
+    if data.get("source") == "coop":
+        return _coop
     if data.get("benchmark", "synthetic") == "synthetic":
         return _synthetic
     raise DataError(f"no data check for data.benchmark={data.get('benchmark')!r} yet")

@@ -58,6 +58,8 @@ def test_reproduce_lists_what_is_missing_and_exits_nonzero(tmp_path):
     assert done.returncode == 1
     assert "shots: oxford_pets train" in done.stdout and "tfds build" in done.stdout
     assert "ranker pool: stanford_cars train" in done.stdout
+    done = _jaxrank_reproduce("rar_fewshot_coop", "--workdir", str(tmp_path / "coop"))
+    assert done.returncode == 1 and "  - CoOp data root: (not set)\n" in done.stdout
     done = _jaxrank_reproduce("no_such_target")
     assert done.returncode == 2 and "unknown target 'no_such_target'" in done.stderr
 

@@ -20,7 +20,7 @@ Layouts, checked in KaiyangZhou/CoOp ``datasets/*.py`` (DATA_FORMATS.md §5):
 Bad entries (malformed, image missing, label and class name disagreeing) go to ``BadRows``:
 skipped and counted, or an error in strict mode, the default here so nothing is skipped
 unless the caller asks for it and keeps the report. Shots are drawn with
-``fewshot_tfds.sample_shots`` by seed, not read from CoOp's ``split_fewshot/*.pkl`` pickles.
+``fewshot_tfds.sample_shots`` by seed here; ``coop_fewshot`` reads CoOp's own pickled draws.
 """
 
 from __future__ import annotations
@@ -257,6 +257,12 @@ def read_imagenet(dataset_dir: str | Path, bad: BadRows) -> CoopSplits:
     return CoopSplits(names, splits["train"], splits["val"], splits["val"])
 
 
+def image_folder(root: str | Path, name: str) -> Path:
+    """The folder a dataset's split paths are relative to."""
+    entry = COOP_DATASETS[name]
+    return Path(root) / entry.directory / entry.image_dir
+
+
 def read_splits(
     root: str | Path, name: str, bad: BadRows | None = None, *, check_images: bool = True
 ) -> CoopSplits:
@@ -274,7 +280,7 @@ def read_splits(
     assert entry.split_file is not None
     return read_split_json(
         dataset_dir / entry.split_file,
-        dataset_dir / entry.image_dir,
+        image_folder(root, name),
         bad,
         check_images=check_images,
     )
@@ -311,11 +317,13 @@ def load_labelled(
     CoOp draws ``min(shots, 4)`` for ``val``: pass that yourself. ``bad`` None is strict."""
     bad = BadRows(strict=True) if bad is None else bad
     splits = read_splits(root, name, bad)
-    rows = splits.rows(split)
-    if shots is not None:
-        labels = [r.label for r in rows]
-        picked = sample_shots(
-            labels, shots, seed, num_classes=len(splits.names), names=splits.names
-        )
-        rows = tuple(rows[i] for i in picked)
+    rows = splits.rows(split) if shots is None else draw_shots(splits, split, shots, seed)
     return to_labelled(rows, splits.names, size, bad)
+
+
+def draw_shots(splits: CoopSplits, split: str, shots: int, seed: int) -> tuple[SplitRow, ...]:
+    """``shots`` rows per class of ``split``, drawn by ``seed`` (``sample_shots``)."""
+    rows = splits.rows(split)
+    labels = [r.label for r in rows]
+    picked = sample_shots(labels, shots, seed, num_classes=len(splits.names), names=splits.names)
+    return tuple(rows[i] for i in picked)

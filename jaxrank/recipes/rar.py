@@ -264,5 +264,7 @@ def _run(cfg, workdir: Path, train: bool) -> list[dict]:
         "finetune_seconds": finetuned - started,
         "eval_seconds": time.perf_counter() - finetuned,
     }
+    if data.bad_rows is not None:
+        info["data"] = data.bad_rows
     write_report(workdir, cfg, rows, info)
     return rows

@@ -7,6 +7,11 @@ count, and the test queries.
   TensorFlow; ``data/fewshot_tfds.py``): shots drawn from its train split (only the drawn
   images are decoded), the test split as queries, and the ranker's pool from another dataset
   (``data.finetune_name``), as the paper fine-tunes on FGVC-Aircraft and tests elsewhere.
+- ``coop``: the dataset in CoOp's own layout under ``data.coop_root`` (``data/coop_splits.py``):
+  CoOp's train / test splits, the shots CoOp itself drew (its ``split_fewshot`` pickles, read
+  by ``data/coop_fewshot.py``) when ``data.pickled_shots``, else drawn by seed; the ranker's
+  pool from another CoOp dataset, FGVC-Aircraft as in the paper. Bad rows are errors when
+  ``data.strict``, else skipped and reported.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import ml_collections
 import numpy as np
 
 from jaxrank.configs import ConfigError
-from jaxrank.data import fewshot_tfds
+from jaxrank.data import coop_fewshot, coop_splits, fewshot_tfds
+from jaxrank.data.errors import BadRows
 from jaxrank.data.labelled_images import LabelledImages, digits, partition
 
 
@@ -26,6 +32,7 @@ class RARData:
     ranker_pool: LabelledImages
     shots: dict[int, LabelledImages]  # shot count -> its memory's images
     test: LabelledImages
+    bad_rows: dict | None = None  # BadRows.report() of files read row by row
 
 
 def protocol_splits(data: ml_collections.ConfigDict) -> tuple[str, str]:
@@ -61,6 +68,28 @@ def _tfds(cfg: ml_collections.ConfigDict) -> RARData:
     return RARData(pool, shots, queries)
 
 
+def _coop(cfg: ml_collections.ConfigDict) -> RARData:
+    data = cfg.data
+    bad = BadRows(strict=data.strict)
+    splits = coop_splits.read_splits(data.coop_root, data.name, bad)
+    image_folder = coop_splits.image_folder(data.coop_root, data.name)
+
+    def shot_rows(count: int) -> tuple[coop_splits.SplitRow, ...]:
+        if not data.pickled_shots:
+            return coop_splits.draw_shots(splits, "train", count, cfg.seed)
+        path = coop_fewshot.fewshot_pickle_path(data.coop_root, data.name, count, cfg.seed)
+        return coop_fewshot.read_fewshot_pickle(path, "train", splits.train, image_folder, bad)
+
+    labelled = lambda rows, names: coop_splits.to_labelled(rows, names, data.image_size, bad)
+    shots = {count: labelled(shot_rows(count), splits.names) for count in cfg.eval.shots}
+    test = labelled(splits.rows(data.test_split or "test"), splits.names)
+    if not data.finetune_name:
+        raise ConfigError("data.finetune_name is empty: name the dataset the ranker learns on")
+    pool_splits = coop_splits.read_splits(data.coop_root, data.finetune_name, bad)
+    pool = labelled(pool_splits.rows(data.finetune_split), pool_splits.names)
+    return RARData(pool, shots, test, bad.report())
+
+
 def _digits(cfg: ml_collections.ConfigDict) -> RARData:
     pool, shot_pool, test = partition(
         digits(cfg.data.image_size), tuple(cfg.data.fractions), cfg.data.split_seed
@@ -76,7 +105,7 @@ def _digits(cfg: ml_collections.ConfigDict) -> RARData:
 
 def load_data(cfg: ml_collections.ConfigDict) -> RARData:
     """The three parts of ``cfg.data`` (test cut to ``eval.num_queries`` when set)."""
-    readers = {"digits": _digits, "tfds": _tfds}
+    readers = {"coop": _coop, "digits": _digits, "tfds": _tfds}
     if cfg.data.source not in readers:
         raise ConfigError(f"data.source={cfg.data.source!r}: expected one of {sorted(readers)}")
     parts = readers[cfg.data.source](cfg)
