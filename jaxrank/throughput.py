@@ -71,12 +71,21 @@ def machine_peak_tflops() -> float:
 
 
 def transformer_layer_flops(
-    tokens: int, width: int, mlp_dim: int, *, kv_width: int | None = None, gated: bool = False
-) -> int:
-    """Forward matmul FLOPs of one self-attention layer over ``tokens`` tokens (one example)."""
+    tokens: int,
+    width: int,
+    mlp_dim: int,
+    *,
+    kv_width: int | None = None,
+    gated: bool = False,
+    context: float | None = None,
+) -> float:
+    """Forward matmul FLOPs of one self-attention layer over ``tokens`` tokens (one example),
+    each attending to ``context`` keys (all ``tokens`` by default; the mean cache length for
+    tokens decoded or teacher-forced after a prompt)."""
     kv = width if kv_width is None else kv_width
+    keys = tokens if context is None else context
     projections = 2 * tokens * width * (width + 2 * kv) + 2 * tokens * width * width
-    attention = 2 * 2 * tokens * tokens * width
+    attention = 2 * 2 * tokens * keys * width
     mlp = (3 if gated else 2) * 2 * tokens * width * mlp_dim
     return projections + attention + mlp
 

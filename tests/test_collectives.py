@@ -50,12 +50,13 @@ def test_async_and_narrow_types_from_tpu_style_text():
     text = """
   %ag = (bf16[4,8]{1,0}, bf16[16,8]{1,0}) all-gather-start(bf16[4,8]{1,0} %p), dimensions={0}
   %agd = bf16[16,8]{1,0} all-gather-done((bf16[4,8]{1,0}, bf16[16,8]{1,0}) %ag)
-  %ar = (f32[10]{0}, s8[3]{0}) all-reduce(f32[10]{0} %x, s8[3]{0} %y), to_apply=%add
+  %ar = (f32[10]{0}, s8[3]{0}, f32[], f32[], f32[], /*index=5*/f32[2]{0}) all-reduce(%x, %y,\
+ %a, %b, %c, %d), to_apply=%add
   %cp = pred[5]{0} collective-permute(pred[5]{0} %z), source_target_pairs={{0,1}}
 """
     assert collective_payloads(text) == {
         "all-gather": 16 * 8 * 2,  # the -start tuple's result, not its operand
-        "all-reduce": 10 * 4 + 3,  # a tuple all-reduce sums its parts
+        "all-reduce": 10 * 4 + 3 + 3 * 4 + 2 * 4,  # a tuple all-reduce sums its parts
         "collective-permute": 5,
     }
 

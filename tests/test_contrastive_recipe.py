@@ -134,3 +134,8 @@ def test_sigkill_then_resume_ends_with_the_same_results(tmp_path):
         for d in (tmp_path / "straight", killed)
     ]
     assert losses[0] == losses[1]
+    # Throughput on every training row; compilation reported apart, in the first.
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").open()]
+    train = [r for r in rows if "train/loss" in r]
+    assert all(r["train/tflops_per_device"] > 0 and r["train/mfu_measured"] > 0 for r in train)
+    assert train[0]["train/compile_s"] > 0

@@ -48,6 +48,8 @@ def test_layer_flops_by_hand():
     assert throughput.transformer_layer_flops(4, 2, 3, kv_width=1, gated=True) == (
         2 * 4 * 2 * (2 + 2) + 32 + 128 + 144
     )
+    # Decoding after a prompt: 4 new tokens attending to 10 keys each, 4*4*10*2 = 320.
+    assert throughput.transformer_layer_flops(4, 2, 3, context=10) == 96 + 32 + 320 + 96
 
 
 def test_peak_table_and_utilisation():

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxrank import imaging, parallel, profiling, retrieval_eval
+from jaxrank import flop_count, imaging, parallel, profiling, retrieval_eval, step_costs
 from jaxrank.checkpoint import Checkpointer
 from jaxrank.data.arrays import array_batches
 from jaxrank.data.synthetic import World, query_preset, world_vocabulary
@@ -250,6 +250,27 @@ def step_profile(cfg, graphdef, scorer: Scorer, state, batch, frozen) -> dict[st
     }
     repeats = cfg.train.profile_repeats
     return {name: profiling.milliseconds(*call, repeats=repeats) for name, call in timed.items()}
+
+
+def per_example_flops(cfg, graphdef, params, scorer, scorer_params, image, tokens):
+    """``step_costs.PerExampleFlops`` of this recipe's parts, each counted from its program
+    on one query (``image`` ``[1, H, W, 3]``, ``tokens`` ``[1, L]``)."""
+    size = scorer.input_size
+    box = jnp.asarray([[[0.0, 0.0, image.shape[2] / 2, image.shape[1] / 2]]])
+    policy = policy_fn(graphdef, cfg.policy.image_size)
+    outputs_sum = lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(policy(p, image, tokens)))
+    return step_costs.PerExampleFlops(
+        policy=flop_count.matmul_flops(policy, params, image, tokens),
+        policy_update=flop_count.matmul_flops(jax.grad(outputs_sum), params),
+        scorer=flop_count.matmul_flops(
+            scorer.embed, scorer_params, jnp.zeros((1, size, size, 3), jnp.float32)
+        ),
+        crop_resize=flop_count.matmul_flops(
+            lambda x, b: imaging.crop_and_resize(x, b, size), image[:, None], box
+        ),
+        full_resize=flop_count.matmul_flops(lambda x: imaging.resize(x, size), image),
+        embed_dim=cfg.scorer.model.embed_dim,
+    )
 
 
 def evaluate(cfg, graphdef, params, initial, frozen, scorer: Scorer, mesh) -> dict[str, Any]:
