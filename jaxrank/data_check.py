@@ -184,6 +184,8 @@ def _mbeir(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> No
     from jaxrank.data import mbeir
 
     root, split = cfg.data.root, cfg.data.split
+    if "embedder" in cfg:
+        _weights(check, "embedder checkpoint", cfg.embedder.checkpoint)
     if not check.need("M-BEIR", root, SOURCES["mbeir"]):
         return
     files = [

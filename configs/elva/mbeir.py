@@ -29,6 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
             "strict": False,
         }
     )
+    # The paper's generative embedder (PAPERS.md §2): a summary then [RET], whose last hidden
+    # state is the embedding; the vision tower frozen, LoRA on the LLM.
+    c.embedder = ml_collections.ConfigDict(
+        {"checkpoint": "Qwen/Qwen2-VL-7B-Instruct", "freeze_vision": True, "lora_on": "llm"}
+    )
     c.mining.n_hard = 50
     c.mining.n_random = 50
     c.rl.num_generations = 8
