@@ -28,14 +28,17 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 # device_kind prefix -> dense bf16 TFLOP/s per chip. Sources: Google Cloud TPU system
-# architecture pages (v4 275, v5e 197, v5p 459, v6e Trillium 918); NVIDIA H100 SXM datasheet
-# (989 dense bf16). "TPU v5 lite" is v5e's device_kind, "TPU v6 lite" v6e's.
+# architecture pages (v4 275, v5e 197, v5p 459, v6e Trillium 918); NVIDIA datasheets, SXM
+# parts (H100 and H200 989, A100 312, dense bf16). "TPU v5 lite" is v5e's device_kind,
+# "TPU v6 lite" v6e's.
 PEAK_BF16_TFLOPS = (
     ("TPU v4", 275.0),
     ("TPU v5 lite", 197.0),
     ("TPU v5", 459.0),  # v5p (after "TPU v5 lite", so v5e never matches it)
     ("TPU v6 lite", 918.0),
     ("NVIDIA H100", 989.0),
+    ("NVIDIA H200", 989.0),
+    ("NVIDIA A100", 312.0),
 )
 
 

@@ -31,7 +31,7 @@ from bench_machine import machine_info
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxrank import parallel, profiling, step_costs
+from jaxrank import parallel, profiling, report, step_costs
 from jaxrank.collectives import collective_payloads
 from jaxrank.configs import apply_overrides, load_config_file
 from jaxrank.data.synthetic import query_preset, world_vocabulary
@@ -93,13 +93,7 @@ class RegionR1World:
             [f"train.batch_size={batch}", f"rl.num_generations={group}", f"data.pool_size={pool}"],
         )
         mesh = parallel.make_mesh(devices, 1, jax.devices()[:devices])
-        scorer_graphdef, scorer_params = nnx.split(
-            contrastive.build_model(cfg.scorer, mesh), nnx.Param
-        )
-        scorer = SimpleNamespace(
-            embed=contrastive.image_embedder(scorer_graphdef, cfg.scorer),
-            input_size=cfg.scorer.model.image_size,
-        )
+        scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
         graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
         optimizer = adamw_warmup_cosine(cfg.train)
         state = TrainState.create(params, optimizer, cfg.seed)
@@ -255,37 +249,44 @@ def main() -> None:
 
 
 def _print(out: dict) -> None:
-    r1, search = out["region_r1_step"], out["search"]
-    print(
-        "\n| B | G | K | devices | step ms | formula GFLOP | jaxpr GFLOP | XLA GFLOP/device x n | "
-        "all-reduce KB (formula) | HLO collectives KB |"
-    )
-    print("|" + "---:|" * 10)
-    for r in r1:
-        hlo = sum(r["hlo_collectives"].values()) / 1e3
-        print(
-            f"| {r['batch']} | {r['group']} | {r['pool']} | {r['devices']} | {r['step_ms']:.1f} | "
-            f"{r['formula_flops'] / 1e9:.3f} | {r['jaxpr_flops'] / 1e9:.3f} | "
-            f"{r['xla_flops_per_device'] * r['devices'] / 1e9:.3f} | "
-            f"{r['formula_allreduce_bytes'] / 1e3:.1f} | {hlo:.1f} |"
-        )
-    print(
-        "\n| N | devices | search ms | formula GFLOP/device | jaxpr GFLOP / n | "
-        "gather KB (formula) | HLO collectives KB |"
-    )
-    print("|" + "---:|" * 7)
-    for r in search:
-        hlo = sum(r["hlo_collectives"].values()) / 1e3
-        print(
-            f"| {r['kb_size']} | {r['devices']} | {r['search_ms']:.1f} | "
-            f"{r['formula_flops_per_device'] / 1e9:.3f} | "
-            f"{r['jaxpr_flops'] / r['devices'] / 1e9:.3f} | "
-            f"{r['formula_gather_bytes'] / 1e3:.1f} | {hlo:.1f} |"
-        )
-    print("\n| fit of ms = fixed + FLOPs / rate | fixed ms | GFLOP/s |")
-    print("|---|---:|---:|")
-    for name, fit in out["summary"]["fits"].items():
-        print(f"| {name} | {fit['fixed_ms']:.1f} | {fit['gflops_per_s']:.1f} |")
+    giga, kilo = 1e-9, 1e-3
+    r1 = [
+        {
+            "B": r["batch"],
+            "G": r["group"],
+            "K": r["pool"],
+            "devices": r["devices"],
+            "step ms": r["step_ms"],
+            "formula GFLOP": r["formula_flops"] * giga,
+            "jaxpr GFLOP": r["jaxpr_flops"] * giga,
+            "XLA GFLOP/device x n": r["xla_flops_per_device"] * r["devices"] * giga,
+            "all-reduce KB (formula)": r["formula_allreduce_bytes"] * kilo,
+            "HLO collectives KB": sum(r["hlo_collectives"].values()) * kilo,
+        }
+        for r in out["region_r1_step"]
+    ]
+    search = [
+        {
+            "N": r["kb_size"],
+            "devices": r["devices"],
+            "search ms": r["search_ms"],
+            "formula GFLOP/device": r["formula_flops_per_device"] * giga,
+            "jaxpr GFLOP / n": r["jaxpr_flops"] / r["devices"] * giga,
+            "gather KB (formula)": r["formula_gather_bytes"] * kilo,
+            "HLO collectives KB": sum(r["hlo_collectives"].values()) * kilo,
+        }
+        for r in out["search"]
+    ]
+    fits = [
+        {
+            "fit of ms = fixed + FLOPs / rate": name,
+            "fixed ms": f["fixed_ms"],
+            "GFLOP/s": f["gflops_per_s"],
+        }
+        for name, f in out["summary"]["fits"].items()
+    ]
+    for rows in (r1, search, fits):
+        print("\n" + report.table(rows, list(rows[0])))
 
 
 if __name__ == "__main__":

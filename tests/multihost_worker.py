@@ -15,7 +15,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from jaxrank import distributed
@@ -107,11 +106,7 @@ def region_r1_step() -> dict[str, np.ndarray]:
     ``data``, weights over ``model``; each process places its block of the batch's rows."""
     cfg = apply_overrides(load_config_file(CONFIGS / "region_r1" / "synthetic.py"), REGION_R1)
     mesh = parallel.make_mesh(4, 2)
-    scorer_graphdef, scorer_params = nnx.split(contrastive.build_model(cfg.scorer, mesh), nnx.Param)
-    scorer = SimpleNamespace(
-        embed=contrastive.image_embedder(scorer_graphdef, cfg.scorer),
-        input_size=cfg.scorer.model.image_size,
-    )
+    scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
     graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
     optimizer = optax.sgd(0.5)
     with jax.set_mesh(mesh):

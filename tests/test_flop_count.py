@@ -23,6 +23,7 @@ def test_control_flow_by_hand():
     # A scan body counts once per iteration (fori_loop with static bounds is a scan).
     loop = lambda a, b: jax.lax.fori_loop(0, 5, lambda i, c: c + a @ b, jnp.zeros((8, 4)))
     assert matmul_flops(loop, A, B) == 5 * MATMUL
+
     # A while loop's body counts while_trips times.
     def until(a, b):
         body = lambda c: (c[0] + 1, c[1] + a @ b)

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -17,7 +16,7 @@ from region_r1_batch import toy_batch
 
 from jaxrank import parallel
 from jaxrank.configs import apply_overrides, load_config_file
-from jaxrank.recipes import contrastive, region_r1
+from jaxrank.recipes import region_r1
 from jaxrank.search import Index
 from jaxrank.train_step import TrainState
 
@@ -46,12 +45,7 @@ def tiny_config(*extra):
 
 @fast_compile()  # its time is almost all compilation (init, step)
 def one_step(cfg, mesh):
-    scorer_model = contrastive.build_model(cfg.scorer, mesh)
-    scorer_graphdef, scorer_params = nnx.split(scorer_model, nnx.Param)
-    scorer = SimpleNamespace(
-        embed=contrastive.image_embedder(scorer_graphdef, cfg.scorer),
-        input_size=cfg.scorer.model.image_size,
-    )
+    scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
     graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
     reference = jax.tree.map(lambda x: x.copy(), params)
     optimizer = optax.sgd(0.5)  # compares gradients, not Adam's near-sign of them

@@ -4,13 +4,12 @@ the sharded search's per-device FLOPs and gathers."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fast_xla import fast_compile
 from flax import nnx
 from region_r1_batch import toy_batch
 from test_region_r1_recipe import tiny_config
@@ -18,7 +17,7 @@ from test_region_r1_recipe import tiny_config
 from jaxrank import parallel, step_costs
 from jaxrank.collectives import collective_payloads
 from jaxrank.flop_count import matmul_flops
-from jaxrank.recipes import contrastive, region_r1
+from jaxrank.recipes import region_r1
 from jaxrank.search import Index
 from jaxrank.search.topk import sharded_search
 from jaxrank.train_step import TrainState
@@ -27,11 +26,7 @@ from jaxrank.train_step import TrainState
 def _step(group: int, devices: int):
     cfg = tiny_config(f"rl.num_generations={group}")
     mesh = parallel.make_mesh(devices, 1, jax.devices()[:devices])
-    scorer_graphdef, scorer_params = nnx.split(contrastive.build_model(cfg.scorer, mesh), nnx.Param)
-    scorer = SimpleNamespace(
-        embed=contrastive.image_embedder(scorer_graphdef, cfg.scorer),
-        input_size=cfg.scorer.model.image_size,
-    )
+    scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
     graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
     optimizer = optax.sgd(0.1)
     step = region_r1.make_step(cfg, graphdef, scorer, optimizer)
@@ -64,6 +59,7 @@ def test_region_grpo_flops_formula(group, pool):
     assert formula == pytest.approx(counted, rel=0.01)
 
 
+@fast_compile()  # the partitioner's collectives do not depend on LLVM's optimisation
 def test_region_grpo_collectives_are_one_gradient_all_reduce():
     step, state, batch, frozen, _, mesh, cfg = _step(4, 4)
     with jax.set_mesh(mesh):

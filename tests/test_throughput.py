@@ -58,6 +58,8 @@ def test_peak_table_and_utilisation():
     assert throughput.peak_tflops("TPU v5p") == 459.0
     assert throughput.peak_tflops("TPU v6 lite") == 918.0  # v6e
     assert throughput.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert throughput.peak_tflops("NVIDIA H200") == 989.0
+    assert throughput.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert throughput.peak_tflops("cpu") is None
     # 8e12 FLOPs in 0.5 s over 4 devices: 4 TFLOP/s each, 4/197 of a v5e.
     per_device, mfu = throughput.utilisation(8e12, 0.5, 4, 197.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -90,6 +91,18 @@ class Scorer:
         return retrieval_eval.embed_in_batches(
             lambda x: self._full(self.params, x), [images], batch, mesh
         )
+
+
+def untrained_scorer(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """``(scorer, params)``: the scorer's image tower at the config's sizes with fresh
+    weights, shaped like ``Scorer`` for ``make_step``. For step tests and cost studies, where
+    what a step computes and costs does not depend on the scorer's training."""
+    graphdef, params = nnx.split(contrastive.build_model(cfg.scorer, mesh), nnx.Param)
+    scorer = SimpleNamespace(
+        embed=contrastive.image_embedder(graphdef, cfg.scorer),
+        input_size=cfg.scorer.model.image_size,
+    )
+    return scorer, params
 
 
 def query_set(
