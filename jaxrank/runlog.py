@@ -81,6 +81,9 @@ class RunLog:
         self.flops_per_step = flops_per_step
         self.devices = jax.device_count()
         self.peak_tflops = throughput.peak_tflops(jax.devices()[0].device_kind)
+        # Measured (once per process) before the clocks start, so neither its run nor its
+        # compilation lands in a logged stretch.
+        self.machine_peak_tflops = throughput.machine_peak_tflops()
         self.metrics_path = self.workdir / "metrics.jsonl"
         self._primary = is_primary()
         if self._primary:
@@ -142,7 +145,7 @@ class RunLog:
             row["train/tflops_per_device"] = per_device
             if mfu is not None:
                 row["train/mfu"] = mfu
-            row["train/mfu_measured"] = per_device / throughput.machine_peak_tflops()
+            row["train/mfu_measured"] = per_device / self.machine_peak_tflops
         return row
 
     def close(self) -> None:

@@ -164,6 +164,7 @@ def test_log_rows_carry_throughput(tmp_path):
         assert row["train/tflops_per_device"] == pytest.approx(tflops)
         assert row["train/mfu_measured"] == pytest.approx(tflops / machine_peak_tflops())
         assert "train/mfu" not in row  # a CPU has no table peak
-    # The first stretch compiled the step; its step time is net of that.
-    assert first["train/compile_s"] > 0 and second.get("train/compile_s", 0.0) < 0.05
+    # The first stretch compiled the step; its step time is net of that. Nothing compiles
+    # later (the peak measurement ran before the clocks started).
+    assert first["train/compile_s"] > 0 and "train/compile_s" not in second
     assert first["train/step_s"] < first["train/compile_s"]
