@@ -55,7 +55,7 @@ def test_region_grpo_flops_formula(group, pool):
     formula = step_costs.region_grpo_step_flops(
         per_example, len(batch["images"]), group, pool, cfg.rl.updates_per_batch
     )
-    # The formula leaves out the loss's own small matmuls (log-probs of the sampled bins).
+    # f_upd differentiates all of the policy's outputs; the loss reads only the sampled bins.
     assert formula == pytest.approx(counted, rel=0.01)
 
 
