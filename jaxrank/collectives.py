@@ -18,6 +18,13 @@ _OP = re.compile(r"=\s*(?P<shape>\(.*?\)|\S+)\s+(?P<kind>" + "|".join(KINDS) + r
 _ARRAY = re.compile(r"\b(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
 
 
+# HLO element types -> numpy names of the same width.
+_NUMPY = {"bf16": "float16", "f16": "float16", "f32": "float32", "f64": "float64"}
+_NUMPY.update(
+    {f"{k}{b}": f"{n}{b}" for k, n in (("s", "int"), ("u", "uint")) for b in (8, 16, 32, 64)}
+)
+
+
 def _bytes(shape: str, asynchronous: bool) -> int:
     arrays = [(m["dtype"], m["dims"]) for m in _ARRAY.finditer(shape)]
     if asynchronous and len(arrays) > 1:  # a -start op's tuple ends with its result
@@ -27,12 +34,6 @@ def _bytes(shape: str, asynchronous: bool) -> int:
         size = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
         total += size * (1 if dtype == "pred" else np.dtype(_NUMPY.get(dtype, dtype)).itemsize)
     return total
-
-
-_NUMPY = {"bf16": "float16", "f16": "float16", "f32": "float32", "f64": "float64"}
-_NUMPY.update(
-    {f"{k}{b}": f"{n}{b}" for k, n in (("s", "int"), ("u", "uint")) for b in (8, 16, 32, 64)}
-)
 
 
 def collective_payloads(hlo_text: str) -> Counter[str]:

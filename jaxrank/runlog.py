@@ -65,20 +65,15 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 class RunLog:
     """Appends metric rows for one run; ``start_step`` is where training (re)starts.
 
-    ``flops_per_step`` (the whole step's, over all devices) may be set once it is known: the
-    trainer counts it from the first step's program."""
+    ``flops_per_step`` (the whole step's, over all devices; 0 until known) is set by the
+    trainer, which counts it from the first step's program."""
 
     def __init__(
-        self,
-        workdir: str | Path,
-        start_step: int,
-        total_steps: int,
-        samples_per_step: int = 0,
-        flops_per_step: int = 0,
+        self, workdir: str | Path, start_step: int, total_steps: int, samples_per_step: int = 0
     ):
         self.workdir = Path(workdir)
         self.samples_per_step = samples_per_step
-        self.flops_per_step = flops_per_step
+        self.flops_per_step = 0
         self.devices = jax.device_count()
         self.peak_tflops = throughput.peak_tflops(jax.devices()[0].device_kind)
         # Measured (once per process) before the clocks start, so neither its run nor its

@@ -23,6 +23,7 @@ import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +54,7 @@ SWEEPS = {
 }
 
 
-def _compiled_facts(fn, *args) -> dict[str, float]:
-    compiled = jax.jit(fn).lower(*args).compile()
+def _compiled_facts(compiled) -> dict[str, Any]:
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     payloads = collective_payloads(compiled.as_text())
@@ -108,8 +108,8 @@ class RegionR1World:
 def per_example_flops(world: RegionR1World) -> tuple[step_costs.PerExampleFlops, int]:
     """The formula's per-example terms, each counted from its own one-example program, and
     the policy's parameter count."""
-    cfg, mesh, scorer, scorer_params, graphdef, *_ = world.step_inputs(8, 1, 1, 1)
-    _, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
+    cfg, _, scorer, scorer_params, graphdef, _, state, _, _ = world.step_inputs(8, 1, 1, 1)
+    params = state.params
     image = jnp.asarray(world.queries["images"][:1])
     tokens = jnp.asarray(world.tokens[:1])
     per_example = region_r1.per_example_flops(
@@ -130,12 +130,10 @@ def region_r1_rows(repeats: int) -> tuple[dict[str, int], list[dict]]:
         )
         updates = cfg.rl.updates_per_batch
         with jax.set_mesh(mesh):
-            facts = _compiled_facts(step, state, batch, frozen)
+            compiled = jax.jit(step).lower(state, batch, frozen).compile()
             row = dict(
                 point,
-                step_ms=profiling.milliseconds(
-                    jax.jit(step), state, batch, frozen, repeats=repeats
-                ),
+                step_ms=profiling.milliseconds(compiled, state, batch, frozen, repeats=repeats),
                 jaxpr_flops=matmul_flops(step, state, batch, frozen),
                 formula_flops=step_costs.region_grpo_step_flops(
                     terms, point["batch"], point["group"], point["pool"], updates
@@ -143,7 +141,7 @@ def region_r1_rows(repeats: int) -> tuple[dict[str, int], list[dict]]:
                 formula_allreduce_bytes=step_costs.gradient_all_reduce_bytes(
                     policy_params, point["devices"], updates
                 ),
-                **facts,
+                **_compiled_facts(compiled),
             )
         rows.append(row)
     return {**terms._asdict(), "policy_params": policy_params}, rows
@@ -183,7 +181,7 @@ def search_rows(repeats: int, dim: int, queries: int, k: int) -> list[dict]:
                     bucket, stored_rows, devices, dim
                 ),
                 "formula_gather_bytes": step_costs.search_gather_bytes(bucket, k, devices),
-                **_compiled_facts(search, placed, index.database),
+                **_compiled_facts(jax.jit(search).lower(placed, index.database).compile()),
             }
         )
     return rows
