@@ -1,5 +1,6 @@
-"""The ELVA recipe: one RL step on 8 devices equals one device, negatives mined as numpy ranks
-them, and the two-stage pipeline from the command line (report, curve, SIGKILL then resume)."""
+"""The ELVA recipe: one RL step on 8 devices equals one device (query sampled alone, or the
+candidates too, embedded row by row as the table has them), negatives mined as numpy ranks them,
+and the two-stage pipeline from the command line (report, curve, SIGKILL then resume)."""
 
 import functools
 import json
@@ -17,7 +18,7 @@ from kill_and_resume import sigkill_after
 from same_updates import assert_same_updates
 
 from jaxrank import parallel
-from jaxrank.configs import apply_overrides, load_config_file
+from jaxrank.configs import ConfigError, apply_overrides, load_config_file
 from jaxrank.data.multigrain import TASKS
 from jaxrank.recipes import contrastive, elva
 from jaxrank.search.errors import SearchError
@@ -45,8 +46,9 @@ def tiny_config(*extra):
 
 
 @fast_compile()  # its time is almost all compilation
-def one_step(mesh):
-    cfg = tiny_config("candidates=current")  # the encoder re-embeds the candidates too
+def one_step(mesh, policy_samples="query"):
+    # the encoder re-embeds the candidates too
+    cfg = tiny_config("candidates=current", f"policy_samples={policy_samples}")
     bench = elva.benchmark(cfg)
     graphdef, encoder = nnx.split(contrastive.build_model(cfg, mesh), nnx.Param)
     head_graphdef, head = elva.build_head(cfg, cfg.model.embed_dim, mesh)
@@ -70,18 +72,42 @@ def one_step(mesh):
 
 
 @functools.cache
-def single_device_step():
-    return one_step(parallel.make_mesh(1, 1, jax.devices()[:1]))
+def single_device_step(policy_samples="query"):
+    return one_step(parallel.make_mesh(1, 1, jax.devices()[:1]), policy_samples)
 
 
-def test_sharded_rl_step_equals_single_device():
-    """On a 4x2 mesh: groups split over data (two queries per device), weights over model."""
-    initial, single_params, single_metrics = single_device_step()
-    _, params, metrics = one_step(parallel.make_mesh(4, 2))
+@pytest.mark.parametrize("policy_samples", ["query", "all"])
+def test_sharded_rl_step_equals_single_device(policy_samples):
+    """On a 4x2 mesh: groups split over data (two queries per device), weights over model;
+    with the query's embedding sampled alone, or the candidates' too."""
+    initial, single_params, single_metrics = single_device_step(policy_samples)
+    _, params, metrics = one_step(parallel.make_mesh(4, 2), policy_samples)
     assert single_metrics["reward_std"] > 0  # the rollouts differ, so the update is real
     for key in ("loss", "reward", "kl", "sampled_top1"):
-        np.testing.assert_allclose(metrics[key], single_metrics[key], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(metrics[key], single_metrics[key], rtol=1e-5, atol=1e-6)
     assert_same_updates(initial, params, single_params)
+
+
+def test_pool_embeddings_are_the_tables_rows():
+    """A sampled rollout embeds only each row's positive and negatives: the same vectors as the
+    whole knowledge base's table, in the modality the row's task retrieves."""
+    cfg = tiny_config("candidates=current", "policy_samples=all")
+    mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
+    bench = elva.benchmark(cfg)
+    graphdef, encoder = nnx.split(contrastive.build_model(cfg, mesh), nnx.Param)
+    kb = contrastive.knowledge_base(bench.world, cfg)
+    batch = {"task": np.array([0, 1, 2, 3, 1]), "entity": np.array([3, 5, 7, 9, 11])}
+    batch["negatives"] = np.array([[1, 2], [40, 41], [0, 95], [10, 20], [12, 13]])
+    pool = jax.jit(elva.pool_embedder(graphdef, cfg))(encoder, kb, batch)
+    table = np.asarray(jax.jit(elva.candidate_embedder(graphdef, cfg))(encoder, kb))
+    ids = np.concatenate([batch["entity"][:, None], batch["negatives"]], axis=1)
+    expected = table[(batch["task"] == 1).astype(int)[:, None], ids]
+    np.testing.assert_allclose(pool, expected, atol=1e-5)
+    assert elva.samples_candidates(cfg)
+    with pytest.raises(ConfigError, match='needs candidates="current"'):
+        elva.samples_candidates(tiny_config("policy_samples=all"))
+    with pytest.raises(ConfigError, match="policy_samples='some'"):
+        elva.samples_candidates(tiny_config("policy_samples=some"))
 
 
 def test_mined_negatives_are_numpys_top_others_then_random():

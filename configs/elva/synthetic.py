@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     # "frozen": candidates keep the contrastive model's embeddings (one index, query side
     # tuned); "current": the encoder being trained re-embeds the knowledge base every step.
     c.candidates = "frozen"
+    # "query": a rollout samples the query's embedding only (the candidates are its
+    # environment); "all": the positive's and negatives' too, as the paper's policy embeds the
+    # whole set (needs candidates="current"; docs/elva.md).
+    c.policy_samples = "query"
     c.rl = ml_collections.ConfigDict(
         {
             # G: the paper's 8 are generated MLLM rollouts; a Gaussian draw costs a dot product

@@ -172,6 +172,7 @@ def grpo_config(cfg: ml_collections.ConfigDict) -> GRPOConfig:
 
 
 CANDIDATES = ("frozen", "current")
+POLICY_SAMPLES = ("query", "all")
 
 
 def frozen_candidates(cfg: ml_collections.ConfigDict) -> bool:
@@ -182,33 +183,73 @@ def frozen_candidates(cfg: ml_collections.ConfigDict) -> bool:
     return cfg.candidates == "frozen"
 
 
+def samples_candidates(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether a rollout samples its positive's and negatives' embeddings too (the paper's
+    rollout, ``policy_samples="all"``), not only the query's."""
+    if cfg.policy_samples not in POLICY_SAMPLES:
+        raise ConfigError(f"policy_samples={cfg.policy_samples!r} is not one of {POLICY_SAMPLES}")
+    if cfg.policy_samples == "all" and frozen_candidates(cfg):
+        raise ConfigError(
+            'policy_samples="all" trains the candidates\' embeddings: it needs '
+            'candidates="current"'
+        )
+    return cfg.policy_samples == "all"
+
+
 def candidates_for_evaluation(cfg: ml_collections.ConfigDict, frozen: dict) -> Any:
     """The candidate table evaluation ranks against: the frozen one, or None (the evaluated
     encoder embeds the candidates itself)."""
     return frozen["table"] if frozen_candidates(cfg) else None
 
 
+def pool_embedder(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
+    """``(encoder params, kb, batch) -> [B, 1 + N, D]``: each row's positive and negatives
+    embedded in the modality its task retrieves, without embedding the rest of the knowledge
+    base."""
+    table_fn = candidate_embedder(graphdef, cfg)
+
+    def embed(params, kb, batch):
+        ids = jnp.concatenate([batch["entity"][:, None], batch["negatives"]], axis=1)
+        flat = ids.reshape(-1)
+        table = table_fn(params, {"images": kb["images"][flat], "tokens": kb["tokens"][flat]})
+        return candidates_of(table, batch["task"], jnp.arange(ids.size).reshape(ids.shape))
+
+    return embed
+
+
 def make_rl_step(cfg, graphdef, head_graphdef, optimizer):
     """The RL step: the rollout runs with the pre-update encoder (queries, the candidates unless
-    frozen, the reference queries); the update differentiates the query embedding and the
-    head."""
+    frozen, the reference embeddings); the update differentiates the sampled embeddings (the
+    query's, and the candidates' with ``policy_samples="all"``) and the head."""
     embed = query_embedder(graphdef, cfg)
     table_fn = candidate_embedder(graphdef, cfg)
+    pool_fn = pool_embedder(graphdef, cfg)
     grpo, reward = grpo_config(cfg), ELVARewardConfig(**cfg.reward.to_dict())
+    sample_all = samples_candidates(cfg)
+
+    def means(params, batch, kb):
+        """The embeddings the policy samples around, ``[B, T, D]``."""
+        query = embed(params, batch)
+        if not sample_all:
+            return query[:, None]
+        pool = pool_fn(params, kb, batch)
+        return embedding_grpo.sampled_means(query, pool[:, 0], pool[:, 1:], True)
 
     def rollout(params, batch, rng, frozen):
-        table = (
-            frozen["table"] if frozen_candidates(cfg) else table_fn(params["encoder"], frozen["kb"])
-        )
         head = nnx.merge(head_graphdef, params["head"])
+        current = means(params["encoder"], batch, frozen["kb"])
+        if sample_all:
+            positive, negatives = current[:, 1], current[:, 2:]
+        else:
+            table = (
+                frozen["table"]
+                if frozen_candidates(cfg)
+                else table_fn(params["encoder"], frozen["kb"])
+            )
+            positive = candidates_of(table, batch["task"], batch["entity"])
+            negatives = candidates_of(table, batch["task"], batch["negatives"])
         rolled = embedding_grpo.rollout(
-            head,
-            rng,
-            embed(params["encoder"], batch),
-            candidates_of(table, batch["task"], batch["entity"]),
-            candidates_of(table, batch["task"], batch["negatives"]),
-            grpo,
-            reward,
+            head, rng, current[:, 0], positive, negatives, grpo, reward, sample_all
         )
         first = (rolled.positive_scores[..., None] >= rolled.negative_scores).all(axis=-1)
         metrics = {
@@ -216,7 +257,7 @@ def make_rl_step(cfg, graphdef, head_graphdef, optimizer):
             "sampled_top1": first.mean(),
             "head_scale": jnp.exp(head.log_scale[...]).mean(),
         }
-        reference = embed(frozen["reference"], batch)
+        reference = means(frozen["reference"], batch, frozen["kb"])
         return dict(batch, rollout=rolled, reference=reference), metrics
 
     def loss_fn(params, batch, rng, frozen):
@@ -224,7 +265,7 @@ def make_rl_step(cfg, graphdef, head_graphdef, optimizer):
         head = nnx.merge(head_graphdef, params["head"])
         return embedding_grpo.loss(
             head,
-            embed(params["encoder"], batch),
+            means(params["encoder"], batch, frozen["kb"]),
             batch["reference"],
             frozen["reference_log_scale"],
             batch["rollout"],

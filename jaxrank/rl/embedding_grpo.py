@@ -18,8 +18,8 @@ from jaxrank.rl.grpo import GRPOConfig, clipped_policy_loss, compute_advantages
 
 
 class EmbeddingRollout(NamedTuple):
-    samples: jax.Array  # [B, G, D] raw draws (the scorer normalises them)
-    log_probs: jax.Array  # [B, G] under the sampling policy
+    samples: jax.Array  # [B, G, T, D] raw draws (the scorer normalises them), slot 0 the query
+    log_probs: jax.Array  # [B, G, T] under the sampling policy
     positive_scores: jax.Array  # [B, G]
     negative_scores: jax.Array  # [B, G, N]
     rewards: jax.Array  # [B, G]
@@ -31,6 +31,16 @@ def _unit(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def sampled_means(
+    query: jax.Array, positive: jax.Array, negatives: jax.Array, sample_candidates: bool
+) -> jax.Array:
+    """The embeddings a rollout samples around, ``[B, T, D]``: the query, then (when the
+    candidates are sampled too) the positive and the negatives."""
+    if not sample_candidates:
+        return query[:, None]
+    return jnp.concatenate([query[:, None], positive[:, None], negatives], axis=1)
+
+
 def rollout(
     head: GaussianEmbeddingHead,
     key: jax.Array,
@@ -39,13 +49,21 @@ def rollout(
     negatives: jax.Array,
     grpo: GRPOConfig,
     reward: ELVARewardConfig,
+    sample_candidates: bool = False,
 ) -> EmbeddingRollout:
-    """G draws around each query embedding ``[B, D]``, scored against ``positive [B, D]`` and
-    ``negatives [B, N, D]`` (every row a real candidate)."""
-    samples, log_probs = head.sample(key, query, grpo.num_generations)
+    """G draws around each query embedding ``[B, D]`` (and around ``positive [B, D]`` and
+    ``negatives [B, N, D]`` with ``sample_candidates``), the query's scored against the
+    candidates' (every row a real candidate)."""
+    means = sampled_means(query, positive, negatives, sample_candidates)
+    samples, log_probs = head.sample(key, means, grpo.num_generations)  # [B, T, G, ...]
+    samples, log_probs = samples.swapaxes(1, 2), log_probs.swapaxes(1, 2)
     unit = _unit(samples)
-    positive_scores = jnp.einsum("bgd,bd->bg", unit, _unit(positive))
-    negative_scores = jnp.einsum("bgd,bnd->bgn", unit, _unit(negatives))
+    if sample_candidates:
+        positive_scores = jnp.einsum("bgd,bgd->bg", unit[:, :, 0], unit[:, :, 1])
+        negative_scores = jnp.einsum("bgd,bgnd->bgn", unit[:, :, 0], unit[:, :, 2:])
+    else:
+        positive_scores = jnp.einsum("bgd,bd->bg", unit[:, :, 0], _unit(positive))
+        negative_scores = jnp.einsum("bgd,bnd->bgn", unit[:, :, 0], _unit(negatives))
     rewards = elva_reward(positive_scores, negative_scores, reward)
     advantages = compute_advantages(rewards, grpo.advantage)
     return EmbeddingRollout(
@@ -55,20 +73,21 @@ def rollout(
 
 def loss(
     head: GaussianEmbeddingHead,
-    query: jax.Array,
-    reference_query: jax.Array,
+    means: jax.Array,
+    reference_means: jax.Array,
     reference_log_scale: jax.Array,
     batch: EmbeddingRollout,
     grpo: GRPOConfig,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """GRPO's loss of the rollouts under the current encoder's query embedding ``[B, D]`` and
-    head; the reference is the contrastive model's embedding with the head's initial scale."""
+    """GRPO's loss of the rollouts under the current encoder's embeddings ``means [B, T, D]``
+    (``sampled_means``) and head; the reference is the contrastive model's embeddings with the
+    head's initial scale."""
     samples = jax.lax.stop_gradient(batch.samples)
-    logp = head.log_prob(samples, query[:, None])[..., None]
-    ref = gaussian_log_prob(samples, reference_query[:, None], reference_log_scale)[..., None]
+    logp = head.log_prob(samples, means[:, None])
+    ref = gaussian_log_prob(samples, reference_means[:, None], reference_log_scale)
     loss_sum, count, logged = clipped_policy_loss(
         logp,
-        batch.log_probs[..., None],
+        batch.log_probs,
         jax.lax.stop_gradient(ref),
         batch.advantages,
         jnp.ones(logp.shape, bool),
