@@ -75,9 +75,7 @@ def test_loss_equals_the_formula():
     query, positive, negatives = _task()
     out = embedding_grpo.rollout(head, jax.random.key(1), query, positive, negatives, GRPO, REWARD)
     moved = query + 0.05  # the encoder after an update; reference = the original query
-    value, _ = embedding_grpo.loss(
-        head, moved[:, None], query[:, None], jnp.log(0.3), out, GRPO
-    )
+    value, _ = embedding_grpo.loss(head, moved[:, None], query[:, None], jnp.log(0.3), out, GRPO)
     logp = np.asarray(head.log_prob(out.samples[:, :, 0], moved[:, None]), np.float64)
     old = np.asarray(out.log_probs[..., 0], np.float64)
     ref = old  # the reference is the sampling policy here

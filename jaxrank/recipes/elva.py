@@ -189,10 +189,8 @@ def samples_candidates(cfg: ml_collections.ConfigDict) -> bool:
     if cfg.policy_samples not in POLICY_SAMPLES:
         raise ConfigError(f"policy_samples={cfg.policy_samples!r} is not one of {POLICY_SAMPLES}")
     if cfg.policy_samples == "all" and frozen_candidates(cfg):
-        raise ConfigError(
-            'policy_samples="all" trains the candidates\' embeddings: it needs '
-            'candidates="current"'
-        )
+        needs = 'candidates="current"'
+        raise ConfigError(f'policy_samples="all" trains the candidate embeddings: it needs {needs}')
     return cfg.policy_samples == "all"
 
 
