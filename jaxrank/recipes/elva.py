@@ -4,9 +4,10 @@ contrastive stage (InfoNCE over the four tasks' queries and their positives, in-
 negatives) -> negatives for each RL instance mined with the sharded search (filtered hard +
 random) -> RL stage from the contrastive encoder: G query embeddings sampled from the Gaussian
 head, ELVA's reward against the positive and the negatives (embedded by the contrastive model,
-or re-embedded every step with ``candidates="current"``), GRPO with a KL to the contrastive
-model, all in one jitted step -> Recall@K on the standard and multi-grain sets and grain
-sensitivity, every ``train.eval_every`` steps (``elva_eval``).
+or re-embedded every step with ``candidates="current"``, and sampled too with
+``policy_samples="all"``), GRPO with a KL to the contrastive model, all in one jitted step
+-> Recall@K on the standard and multi-grain sets and grain sensitivity, every
+``train.eval_every`` steps (``elva_eval``).
 """
 
 from __future__ import annotations
