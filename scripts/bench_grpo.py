@@ -61,8 +61,8 @@ def reward(text: str) -> float:
     """1 for a completion Region-R1's parser reads as a crop call; otherwise the share of its
     characters that are ASCII letters or spaces (a random policy rarely writes a call, so the
     rewards of a group still differ). Deterministic; both sides call it on each decoded text."""
-    from jaxrank.crop_tool import parse_completion
-    from jaxrank.models.action import REGION
+    from jaxrank.region_r1.action import REGION
+    from jaxrank.region_r1.crop_tool import parse_completion
 
     if parse_completion(text).decision == REGION:
         return 1.0
@@ -111,10 +111,10 @@ class JaxrankGRPO:
         from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs
         from jaxrank.models.lora import LoRAConfig, adapters_off, apply_lora, join_lora, split_lora
         from jaxrank.rl.grpo import GRPOConfig, compute_advantages
-        from jaxrank.rl.rollout import SamplingSettings
+        from jaxrank.rl.sampler import SamplingSettings
         from jaxrank.rl.token_grpo import make_token_grpo_loss
-        from jaxrank.rl.vlm_policy import completion_log_probs_fn, make_sampler
-        from jaxrank.train_step import TrainState, make_train_step
+        from jaxrank.train.step import TrainState, make_train_step
+        from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
 
         self.inputs = QwenVLInputs.from_pretrained(folder)
         self.texts = [self.inputs.chat(c) for c in conversations]

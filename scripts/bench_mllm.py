@@ -78,7 +78,7 @@ def jaxrank_methods(
 
     from jaxrank.models.lm import KVCache
     from jaxrank.models.lm_prompt import Prompt
-    from jaxrank.rl.rollout import SamplingSettings, generate
+    from jaxrank.rl.sampler import SamplingSettings, generate
 
     graphdef, state = nnx.split(model)
     prompt = Prompt.from_tokens(tokens, np.ones_like(tokens, bool))

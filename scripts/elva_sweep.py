@@ -19,9 +19,10 @@ from pathlib import Path
 
 from bench_machine import write_sweep
 
-from jaxrank import cli, report
+from jaxrank.cli import main as cli
 from jaxrank.configs import apply_overrides, load_config_file
-from jaxrank.workdir import prepare_workdir
+from jaxrank.train import report
+from jaxrank.train.workdir import prepare_workdir
 
 VARIANTS = {
     "full": [],

@@ -4,7 +4,7 @@ docs/SCALING.md and the assumptions named below (every one is in the JSON it wri
 
     .venv/bin/python scripts/pod_projection.py --out docs/bench/pod_projection.json
 
-Nothing here runs a model: it is arithmetic over the model shapes (``jaxrank.throughput``),
+Nothing here runs a model: it is arithmetic over the model shapes (``jaxrank.perf.throughput``),
 the chips' spec sheets and stated efficiencies. The scaling study (scripts/scaling_study.py)
 checks the same formulas' structure against compiled programs on virtual devices.
 """
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxrank.throughput import transformer_layer_flops, vit_forward_flops
+from jaxrank.perf.throughput import transformer_layer_flops, vit_forward_flops
 
 # Chips (per chip; Google Cloud TPU system architecture pages). ICI is the usable one-way
 # bandwidth a ring collective gets, assumed to be half the bidirectional figure.

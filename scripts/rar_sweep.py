@@ -19,10 +19,11 @@ import numpy as np
 from bench_machine import write_sweep
 from matplotlib.figure import Figure
 
-from jaxrank import cli, report
+from jaxrank.cli import main as cli
 from jaxrank.configs import apply_overrides, load_config_file
-from jaxrank.recipes.rar import STRATEGIES
-from jaxrank.workdir import prepare_workdir
+from jaxrank.rar.recipe import STRATEGIES
+from jaxrank.train import report
+from jaxrank.train.workdir import prepare_workdir
 
 
 def run_one(args, seed: int) -> dict:

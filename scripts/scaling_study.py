@@ -32,17 +32,20 @@ from bench_machine import machine_info
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxrank import parallel, profiling, report, step_costs
-from jaxrank.collectives import collective_payloads
+from jaxrank import parallel
 from jaxrank.configs import apply_overrides, load_config_file
+from jaxrank.contrastive.encoder import build_world
 from jaxrank.data.synthetic import query_preset, world_vocabulary
-from jaxrank.flop_count import matmul_flops
-from jaxrank.optim import adamw_warmup_cosine
-from jaxrank.recipes import contrastive, region_r1
+from jaxrank.perf import profiling, step_costs
+from jaxrank.perf.collectives import collective_payloads
+from jaxrank.perf.flop_count import matmul_flops
+from jaxrank.region_r1 import recipe as region_r1
 from jaxrank.search import Index
 from jaxrank.search.index import QUERY_BUCKETS
 from jaxrank.search.topk import sharded_search
-from jaxrank.train_step import TrainState
+from jaxrank.train import report
+from jaxrank.train.optim import adamw_warmup_cosine
+from jaxrank.train.step import TrainState
 
 CONFIG = Path(__file__).parents[1] / "configs" / "region_r1" / "synthetic.py"
 BASE = {"batch": 16, "group": 4, "pool": 20, "devices": 8}
@@ -67,7 +70,7 @@ class RegionR1World:
 
     def __init__(self):
         self.cfg = load_config_file(CONFIG)
-        self.world = contrastive.build_world(self.cfg.scorer)
+        self.world = build_world(self.cfg.scorer)
         largest = max(SWEEPS["batch"])
         self.queries = self.world.queries("train", largest, query_preset("moderate"))
         self.tokens = world_vocabulary().encode(self.queries["questions"], self.cfg.policy.max_len)

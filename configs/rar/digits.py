@@ -12,7 +12,7 @@ weight is trained (``finetune.train="all"``; the paper trains LoRA on LLaVA-1.5-
 
 import ml_collections
 
-from jaxrank.recipes.vlm_base import tiny_sizes
+from jaxrank.vlm.base import tiny_sizes
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import ml_collections
 
 from jaxrank.configs import load_config_file
-from jaxrank.recipes.vlm_base import tiny_sizes
+from jaxrank.vlm.base import tiny_sizes
 
 STRUCTURED = Path(__file__).resolve().parent / "synthetic.py"
 

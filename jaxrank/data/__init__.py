@@ -1,1 +1,3 @@
-"""Data: the synthetic benchmark world, its tokenizer and galleries for looking at it."""
+"""Data: the synthetic benchmark worlds (Region-R1's cluttered queries, ELVA's multi-grain
+benchmark), their tokenizer and galleries, resumable batches, and readers of the papers'
+released files (E-VQA, InfoSeek, M-BEIR, CoOp's splits, few-shot sets, pool files)."""

@@ -1,4 +1,6 @@
-"""Flax NNX models: the CLIP/SigLIP-style dual encoder and its parts."""
+"""Generic Flax NNX models the papers share: ViT and text transformers, the CLIP/SigLIP-style
+dual encoder (exported here), the Qwen2 decoder with its KV cache, the Qwen2-VL vision towers and
+vision-language model, LoRA; ``hf/`` loads and exports their Hugging Face checkpoints."""
 
 from jaxrank.models.dual_encoder import (
     DualEncoder,

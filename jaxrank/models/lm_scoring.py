@@ -31,7 +31,7 @@ def completion_log_probs(
 ) -> tuple[jax.Array, jax.Array]:
     """Log-probs [R, N] of ``completion`` [R, N] following ``prompt`` (0 where the mask is off)
     and the completion's hidden states [R, N, W]. Uses the same positions and temperature as
-    ``jaxrank.rl.rollout.generate``, so the two agree on what a sampled token's log-prob is.
+    ``jaxrank.rl.sampler.generate``, so the two agree on what a sampled token's log-prob is.
 
     ``group`` = G > 1: ``prompt`` has B = R / G rows, each followed by G completions (rows
     prompt-major, as the sampler returns them). The prompt then runs once and its key/value

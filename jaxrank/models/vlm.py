@@ -2,7 +2,7 @@
 embeddings of the image placeholder tokens, and the decoder runs with M-RoPE positions.
 
 The result of ``prompt`` is an ordinary ``Prompt`` with embeddings, so the sampler
-(``jaxrank.rl.rollout.generate``) and the scorer (``jaxrank.models.lm_scoring``) serve the VLM
+(``jaxrank.rl.sampler.generate``) and the scorer (``jaxrank.models.lm_scoring``) serve the VLM
 through its ``language_model`` exactly as they serve a text-only decoder.
 """
 

@@ -1,4 +1,5 @@
-"""The RL core shared by Region-R1 and ELVA: group advantages, losses, group sampling."""
+"""The RL core the papers share: GRPO advantages, the clipped loss with its k3 KL, group and
+decision-balanced sampling, token-level GRPO for language policies, and the LM sampler."""
 
 from jaxrank.rl.grpo import (
     ADVANTAGES,

@@ -18,7 +18,7 @@ from flax import nnx
 
 from jaxrank.models.lora import adapters_off, join_lora
 from jaxrank.rl.grpo import GRPOConfig, clipped_policy_loss
-from jaxrank.train_step import LossFn
+from jaxrank.train.step import LossFn
 
 LogProbs = Callable[[nnx.Module, Any], jax.Array]
 

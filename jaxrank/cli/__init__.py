@@ -1,0 +1,1 @@
+"""``jaxrank <command>``: the command line over the papers' recipes and the toolbox."""

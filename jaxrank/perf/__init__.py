@@ -1,0 +1,1 @@
+"""Measuring a step: FLOP counts, MFU, compile clocks, profiles, cost models, collectives."""

@@ -1,0 +1,82 @@
+"""A LoRA-adapted vision-language policy's device programs for token-level GRPO: sample G
+completions per image+text prompt, and score given completions (teacher forcing) under any
+adapters: the trained ones, or zeroed ones for the reference policy.
+
+A batch is a dict of ``tokens`` ``[B, P]``, ``mask`` ``[B, P]``, ``positions`` ``[B, 3, P]``
+(``QwenVLInputs.batch``'s M-RoPE positions, rows first) and ``patches`` ``[B, n, d]`` (each
+row's image patches): every leaf has the rows first, so a batch shards over ``data`` by rows.
+All images of a batch share one patch grid (``grid``, static), which is what lets the programs
+compile once: recipes resize query images to one size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.typing import DTypeLike
+
+from jaxrank.models.lm_prompt import Prompt
+from jaxrank.models.lm_scoring import completion_log_probs
+from jaxrank.models.lora import join_lora
+from jaxrank.models.qwen_vision import Grid
+from jaxrank.models.vlm import VisionLanguageModel
+from jaxrank.rl.sampler import Completions, SamplingSettings, generate
+
+PROMPT_KEYS = ("tokens", "mask", "positions", "patches")
+
+
+def vlm_prompt(model: VisionLanguageModel, batch: dict[str, Any], grid: Grid) -> Prompt:
+    """The prompt rows of ``batch``, image tokens in place (every row has one ``grid`` image)."""
+    patches = batch["patches"]
+    grids = (tuple(grid),) * patches.shape[0]
+    return model.prompt(
+        batch["tokens"],
+        batch["mask"],
+        batch["positions"].transpose(1, 0, 2),
+        patches.reshape(-1, patches.shape[-1]),
+        grids,
+    )
+
+
+def make_sampler(
+    graphdef: nnx.GraphDef,
+    settings: SamplingSettings,
+    group: int,
+    grid: Grid,
+    cache_dtype: DTypeLike | None = None,
+) -> Callable[..., Completions]:
+    """``sample(adapters, base, batch, rng, forced) -> Completions`` ``[B*G, N]``, jitted; no
+    dropout. ``forced`` ``[B*G, F]`` (``-1`` = sample) is ``rollout.generate``'s prefix."""
+
+    @jax.jit
+    def sample(adapters, base, batch, rng, forced):
+        model = nnx.view(join_lora(graphdef, adapters, base), deterministic=True)
+        prompt = vlm_prompt(model, batch, grid)
+        return generate(model.language_model, prompt, rng, settings, group, cache_dtype, forced)
+
+    return sample
+
+
+def completion_log_probs_fn(
+    grid: Grid, group: int, temperature: float
+) -> Callable[[VisionLanguageModel, dict[str, Any]], jax.Array]:
+    """``log_probs(model, batch) -> [B*G, N]`` of ``batch["completion"]`` (masked by
+    ``batch["completion_mask"]``) after each prompt row repeated G times: what
+    ``token_grpo.make_token_grpo_loss`` takes. The vision tower and the prompt run once per
+    prompt (``completion_log_probs``'s shared prefix)."""
+
+    def log_probs(model, batch):
+        logp, _ = completion_log_probs(
+            model.language_model,
+            vlm_prompt(model, batch, grid),
+            batch["completion"],
+            batch["completion_mask"],
+            temperature,
+            group=group,
+        )
+        return logp
+
+    return log_probs
