@@ -3,7 +3,7 @@ import json
 import pytest
 
 from jaxrank import configs
-from jaxrank.workdir import WorkdirError, prepare_workdir
+from jaxrank.train.workdir import WorkdirError, prepare_workdir
 
 CONFIG_FILE = """
 import ml_collections

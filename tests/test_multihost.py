@@ -1,8 +1,8 @@
 """Multi-host through ``jax.distributed``: 2 CPU processes x 4 devices give what 1 x 8 gives.
 
-Both runs are ``tests/multihost_worker.py`` (one contrastive step through the trainer with its
-checkpoint, sharded embedding, one r-GRPO step, a sharded search); the two processes of the
-multi-process run join through a coordinator on a free localhost port.
+Both runs are ``tests/helpers/multihost_worker.py`` (one contrastive step through the trainer
+with its checkpoint, sharded embedding, one r-GRPO step, a sharded search); the two processes of
+the multi-process run join through a coordinator on a free localhost port.
 """
 
 import json
@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fast_xla import FAST_COMPILE
+from paths import ROOT
 
 from jaxrank import distributed
 
-WORKER = Path(__file__).with_name("multihost_worker.py")
+WORKER = ROOT / "tests" / "helpers" / "multihost_worker.py"
 TIMEOUT_S = 400
 
 
