@@ -4,7 +4,7 @@ reward, jitted update) against TRL's ``GRPOTrainer`` (PyTorch), same tiny Qwen2-
     .venv/bin/python scripts/bench_grpo.py --out docs/bench/grpo.json
     .venv/bin/python scripts/bench_grpo.py --quick --out /tmp/grpo.json   # smoke run
 
-Both sides train the random Qwen2-VL of tests/qwen_checkpoints.py (``tiny_vlm``, float32)
+Both sides train the random Qwen2-VL of tests/helpers/qwen_checkpoints.py (``tiny_vlm``, float32)
 through the same LoRA (rank 8, alpha 32, every linear but ``lm_head``, no dropout) on the same
 ``--prompts`` image+text chat prompts (one ``--image`` x ``--image`` photo each, identical token
 ids), with ``--group`` samples per prompt, ``--new`` completion tokens, temperature 1, no
@@ -43,7 +43,7 @@ from bench_machine import contention as measured_contention
 from bench_machine import cpu_seconds, machine_info
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
 
 QUESTIONS = (
     "what is in the picture?",
@@ -489,7 +489,7 @@ def main() -> None:
     report: dict[str, Any] = {"command": " ".join(sys.argv), "load_before": os.getloadavg()}
     report["machine"] = machine_info() | {"trl": trl.__version__}
     report["config"] = vars(args) | {
-        "model": "tests/qwen_checkpoints.py tiny_vlm(qwen2_vl), float32",
+        "model": "tests/helpers/qwen_checkpoints.py tiny_vlm(qwen2_vl), float32",
         "lora": {"rank": LORA_RANK, "alpha": LORA_ALPHA, "dropout": 0.0, "targets": "all-linear"},
     }
     measured = run(args)

@@ -3,10 +3,10 @@ bfloat16: the tolerances the tests assert and docs/hf_encoders.md quotes come fr
 
     .venv/bin/python scripts/hf_parity.py --out docs/bench/hf_parity.json
 
-Builds the tests' tiny random checkpoints (tests/hf_checkpoints.py: odd widths, 3-5 heads, patch
-sizes 6-10), embeds five skimage photos and four texts with both, and reports per output the
-largest absolute difference (float32) and the largest cosine distance / logit error relative to
-the logit range (bfloat16). Needs the test extras (torch).
+Builds the tests' tiny random checkpoints (tests/helpers/hf_checkpoints.py: odd widths, 3-5
+heads, patch sizes 6-10), embeds five skimage photos and four texts with both, and reports per
+output the largest absolute difference (float32) and the largest cosine distance / logit error
+relative to the logit range (bfloat16). Needs the test extras (torch).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import transformers
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
 from hf_checkpoints import jaxrank_outputs, reference_inputs, tiny_checkpoint, torch_outputs
 
 from jaxrank.models.hf import load_pretrained

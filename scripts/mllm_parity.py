@@ -3,7 +3,7 @@ PyTorch models, and whether the real checkpoints' shapes come out right.
 
     .venv/bin/python scripts/mllm_parity.py --out docs/bench/mllm_parity.json
 
-Tiny random checkpoints (the tests': tests/test_lm.py's Qwen2, tests/qwen_checkpoints.py's VL
+Tiny random checkpoints (the tests': tests/helpers/qwen_checkpoints.py's QWEN2 decoder and VL
 models with two photos of different sizes, left-padded chat prompts): largest absolute logit
 difference in float32, and in bfloat16 relative to the float32 reference's logit range. Real
 sizes (configs of Qwen/Qwen2-VL-2B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct as published):
@@ -27,9 +27,8 @@ import transformers
 from flax import nnx
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from qwen_checkpoints import VARIANTS, jaxrank_inputs, reference_inputs, tiny_vlm
-from test_lm import QWEN2
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
+from qwen_checkpoints import QWEN2, VARIANTS, jaxrank_inputs, reference_inputs, tiny_vlm
 
 from jaxrank.models.hf.qwen2 import load_causal_lm
 from jaxrank.models.hf.qwen2_vl import load_vlm, vlm_config

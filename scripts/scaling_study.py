@@ -40,6 +40,7 @@ from jaxrank.perf import profiling, step_costs
 from jaxrank.perf.collectives import collective_payloads
 from jaxrank.perf.flop_count import matmul_flops
 from jaxrank.region_r1 import recipe as region_r1
+from jaxrank.region_r1.scorer import untrained_scorer
 from jaxrank.search import Index
 from jaxrank.search.index import QUERY_BUCKETS
 from jaxrank.search.topk import sharded_search
@@ -96,7 +97,7 @@ class RegionR1World:
             [f"train.batch_size={batch}", f"rl.num_generations={group}", f"data.pool_size={pool}"],
         )
         mesh = parallel.make_mesh(devices, 1, jax.devices()[:devices])
-        scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
+        scorer, scorer_params = untrained_scorer(cfg, mesh)
         graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
         optimizer = adamw_warmup_cosine(cfg.train)
         state = TrainState.create(params, optimizer, cfg.seed)

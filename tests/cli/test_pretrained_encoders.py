@@ -18,7 +18,9 @@ from paths import CONFIGS
 from jaxrank import parallel
 from jaxrank.cli import main as cli
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
-from jaxrank.contrastive import recipe as contrastive
+from jaxrank.contrastive.embedders import knowledge_base_embeddings
+from jaxrank.contrastive.encoder import encoder_inputs, restore, setup
+from jaxrank.contrastive.recipe import train_and_evaluate
 from jaxrank.models.hf import load_pretrained
 
 torch = pytest.importorskip("torch")
@@ -66,13 +68,13 @@ def test_config_with_pretrained_encoder_embeds_like_transformers(clip_folder):
     folder, reference = clip_folder
     cfg = _pretrained_config(folder)
     mesh = parallel.make_mesh()
-    _, world, graphdef, state, _ = contrastive.setup(cfg, mesh)
+    _, world, graphdef, params = setup(cfg, mesh)
     with jax.set_mesh(mesh):
-        got = contrastive.knowledge_base_embeddings(graphdef, state.params, world, cfg, mesh)
+        got = knowledge_base_embeddings(graphdef, params, world, cfg, mesh)
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     encoded = tokenizer(world.entity_texts(), padding="max_length", max_length=16, truncation=True)
-    inputs = contrastive.encoder_inputs(cfg)
+    inputs = encoder_inputs(cfg)
     images = world.entity_images(world.config.image_size)
     pixels = np.asarray(inputs.pixels(jnp.asarray(images))).transpose(0, 3, 1, 2)
     with torch.no_grad():
@@ -93,8 +95,8 @@ def test_fine_tuning_starts_from_the_checkpoint(clip_folder, tmp_path):
     folder, _ = clip_folder
     cfg = _pretrained_config(folder, "train.steps=3", "train.checkpoint_every=3")
     with fast_compile():  # almost all compilation: the 8-device step, evaluation, loading
-        results = contrastive.train_and_evaluate(cfg, tmp_path / "run")
-        _, _, trained = contrastive.restore(cfg, tmp_path / "run")
+        results = train_and_evaluate(cfg, tmp_path / "run")
+        _, _, trained = restore(cfg, tmp_path / "run")
         start = nnx.state(load_pretrained(folder).model, nnx.Param)
     assert 0.0 <= results["default"]["full"]["pair"]["recall@1"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -113,27 +115,27 @@ def test_pretrained_family_must_match_the_config(clip_folder):
     folder, _ = clip_folder
     cfg = _pretrained_config(folder, "model.family=siglip")
     with pytest.raises(ConfigError, match=r"needs a two-tower model of model.family='siglip'"):
-        contrastive.setup(cfg, parallel.make_mesh())
+        setup(cfg, parallel.make_mesh())
 
 
 def test_zero_step_run_serves_the_checkpoint_as_a_frozen_scorer(clip_folder, tmp_path):
     """Region-R1 with ``scorer.model.pretrained`` and ``scorer.train.steps=0``: the scorer is
     the checkpoint itself, with its input size and normalisation."""
-    from jaxrank.region_r1 import recipe as region_r1
+    from jaxrank.region_r1.scorer import Scorer
 
     folder, reference = clip_folder
     cfg = load_config_file(CONFIGS / "region_r1" / "synthetic.py")
     cfg.scorer = _pretrained_config(folder, "train.steps=0")
     mesh = parallel.make_mesh()
     with fast_compile():  # almost all compilation: a zero-step run, evaluated, and loading
-        scorer = region_r1.Scorer(cfg, tmp_path, mesh)
+        scorer = Scorer(cfg, tmp_path, mesh)
         start = nnx.to_pure_dict(nnx.state(load_pretrained(folder).model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(scorer.params), start)
     assert scorer.input_size == 30 and scorer.kb.shape == (16, 24)
 
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 30, 30, 3)).astype(np.float32)
     got = scorer.embed(scorer.params, jnp.asarray(pixels))
-    inputs = contrastive.encoder_inputs(cfg.scorer)
+    inputs = encoder_inputs(cfg.scorer)
     normalized = np.asarray(inputs.normalize(jnp.asarray(pixels))).transpose(0, 3, 1, 2)
     with torch.no_grad():
         want = reference.get_image_features(pixel_values=torch.tensor(normalized))

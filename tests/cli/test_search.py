@@ -8,7 +8,7 @@ from paths import CONFIGS
 
 from jaxrank.cli import main as cli
 from jaxrank.configs import apply_overrides, load_config_file
-from jaxrank.contrastive import recipe as contrastive
+from jaxrank.contrastive.encoder import initial_state, setup
 from jaxrank.search import Index
 from jaxrank.train.checkpoint import Checkpointer
 from jaxrank.train.workdir import prepare_workdir
@@ -39,7 +39,8 @@ def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("search_cli") / "run"
     cfg = apply_overrides(load_config_file(CONFIG), TINY)
     prepare_workdir(workdir, cfg)
-    _, _, _, state, _ = contrastive.setup(cfg)
+    _, _, _, params = setup(cfg)
+    state = initial_state(cfg, params)
     with Checkpointer(workdir / "checkpoints") as checkpointer:
         checkpointer.save(0, state, {})
     return workdir

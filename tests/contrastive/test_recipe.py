@@ -16,23 +16,25 @@ from kill_and_resume import sigkill_after
 
 from jaxrank import parallel
 from jaxrank.cli import main as cli
-from jaxrank.contrastive import recipe as contrastive
+from jaxrank.contrastive.embedders import knowledge_base
+from jaxrank.contrastive.encoder import build_model, build_world
+from jaxrank.contrastive.recipe import make_loss, training_data
 from jaxrank.train.step import TrainState, jit_train_step, make_train_step
 
 
 @fast_compile()  # its time is almost all compilation (init, step)
 def one_step(cfg, mesh):
-    world = contrastive.build_world(cfg)
-    model = contrastive.build_model(cfg, mesh)
+    world = build_world(cfg)
+    model = build_model(cfg, mesh)
     graphdef, params = nnx.split(model, nnx.Param)
     # Plain SGD: Adam's first steps move every weight by about +-lr whatever the gradient's
     # size, so rounding noise in a near-zero gradient would flip whole updates.
     optimizer = optax.sgd(0.5)
-    batch = next(iter(contrastive.training_data(world, cfg)))
-    kb = parallel.put_replicated(contrastive.knowledge_base(world, cfg), mesh)
+    batch = next(iter(training_data(world, cfg)))
+    kb = parallel.put_replicated(knowledge_base(world, cfg), mesh)
     with jax.set_mesh(mesh):  # as the recipe does: one compilation, state kept on the mesh
         state = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))(params)
-        loss = contrastive.make_loss(graphdef, cfg)
+        loss = make_loss(graphdef, cfg)
         step = jit_train_step(make_train_step(loss, optimizer), state)
         for _ in range(2):
             state, metrics = step(state, parallel.shard_batch(batch, mesh), kb)

@@ -19,7 +19,8 @@ from same_updates import assert_same_updates
 
 from jaxrank import parallel
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
-from jaxrank.contrastive import recipe as contrastive
+from jaxrank.contrastive.embedders import knowledge_base
+from jaxrank.contrastive.encoder import build_model
 from jaxrank.data.multigrain import TASKS
 from jaxrank.elva import recipe as elva
 from jaxrank.search.errors import SearchError
@@ -51,7 +52,7 @@ def one_step(mesh, policy_samples="query"):
     # the encoder re-embeds the candidates too
     cfg = tiny_config("candidates=current", f"policy_samples={policy_samples}")
     bench = elva.benchmark(cfg)
-    graphdef, encoder = nnx.split(contrastive.build_model(cfg, mesh), nnx.Param)
+    graphdef, encoder = nnx.split(build_model(cfg, mesh), nnx.Param)
     head_graphdef, head = elva.build_head(cfg, cfg.model.embed_dim, mesh)
     optimizer = optax.sgd(0.5)  # compares gradients, not Adam's near-sign of them
     params = {"encoder": encoder, "head": head}
@@ -61,7 +62,7 @@ def one_step(mesh, policy_samples="query"):
     rng = np.random.default_rng(0)
     batch["negatives"] = (batch["entity"][:, None] + rng.integers(1, 96, (8, 6))) % 96
     frozen = {
-        "kb": parallel.put_replicated(contrastive.knowledge_base(bench.world, cfg), mesh),
+        "kb": parallel.put_replicated(knowledge_base(bench.world, cfg), mesh),
         "table": None,  # unused: the candidates are re-embedded
         "reference": encoder,
         "reference_log_scale": head["log_scale"][...],
@@ -95,8 +96,8 @@ def test_pool_embeddings_are_the_tables_rows():
     cfg = tiny_config("candidates=current", "policy_samples=all")
     mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
     bench = elva.benchmark(cfg)
-    graphdef, encoder = nnx.split(contrastive.build_model(cfg, mesh), nnx.Param)
-    kb = contrastive.knowledge_base(bench.world, cfg)
+    graphdef, encoder = nnx.split(build_model(cfg, mesh), nnx.Param)
+    kb = knowledge_base(bench.world, cfg)
     batch = {"task": np.array([0, 1, 2, 3, 1]), "entity": np.array([3, 5, 7, 9, 11])}
     batch["negatives"] = np.array([[1, 2], [40, 41], [0, 95], [10, 20], [12, 13]])
     pool = jax.jit(elva.pool_embedder(graphdef, cfg))(encoder, kb, batch)

@@ -31,8 +31,11 @@ from region_r1_tiny import TINY_MODELS  # noqa: E402
 
 from jaxrank import parallel  # noqa: E402
 from jaxrank.configs import apply_overrides, load_config_file  # noqa: E402
-from jaxrank.contrastive import recipe as contrastive  # noqa: E402
+from jaxrank.contrastive.embedders import knowledge_base, knowledge_base_embeddings  # noqa: E402
+from jaxrank.contrastive.encoder import build_model, build_world  # noqa: E402
+from jaxrank.contrastive.recipe import make_loss, training_data  # noqa: E402
 from jaxrank.region_r1 import recipe as region_r1  # noqa: E402
+from jaxrank.region_r1.scorer import untrained_scorer  # noqa: E402
 from jaxrank.search import Index  # noqa: E402
 from jaxrank.train.checkpoint import Checkpointer  # noqa: E402
 from jaxrank.train.step import TrainState, jit_train_step, make_train_step  # noqa: E402
@@ -68,22 +71,20 @@ def contrastive_step(workdir: Path) -> dict[str, np.ndarray]:
     process reads its slice of the batch), then the step-1 checkpoint restored."""
     cfg = apply_overrides(load_config_file(CONFIGS / "contrastive" / "synthetic.py"), CONTRASTIVE)
     mesh = parallel.make_mesh(-1, 1)
-    world = contrastive.build_world(cfg)
-    graphdef, params = nnx.split(contrastive.build_model(cfg, mesh), nnx.Param)
+    world = build_world(cfg)
+    graphdef, params = nnx.split(build_model(cfg, mesh), nnx.Param)
     optimizer = optax.sgd(0.5)  # compares gradients, not Adam's near-sign of them
     create = jax.jit(lambda p: TrainState.create(p, optimizer, cfg.seed))
     out = flat("contrastive/initial", params)
     state = create(params)
-    step_fn = jit_train_step(
-        make_train_step(contrastive.make_loss(graphdef, cfg), optimizer), state
-    )
-    kb = parallel.put_replicated(contrastive.knowledge_base(world, cfg), mesh)
+    step_fn = jit_train_step(make_train_step(make_loss(graphdef, cfg), optimizer), state)
+    kb = parallel.put_replicated(knowledge_base(world, cfg), mesh)
     with jax.set_mesh(mesh):
         state = fit(
             workdir=workdir,
             state=state,
             step_fn=step_fn,
-            data=contrastive.training_data(world, cfg),
+            data=training_data(world, cfg),
             place_batch=lambda b: parallel.shard_batch(b, mesh),
             total_steps=1,
             log_every=1,
@@ -97,7 +98,7 @@ def contrastive_step(workdir: Path) -> dict[str, np.ndarray]:
         out |= flat("contrastive/restored", restored.params)
         out["contrastive/restored_step"] = np.asarray([step, int(restored.step)])
         out["contrastive/restored_iterator"] = np.asarray(json.dumps(extra, sort_keys=True))
-        embeddings = contrastive.knowledge_base_embeddings(graphdef, state.params, world, cfg, mesh)
+        embeddings = knowledge_base_embeddings(graphdef, state.params, world, cfg, mesh)
     out["contrastive/kb_pair"] = embeddings["pair"]
     return out
 
@@ -107,7 +108,7 @@ def region_r1_step() -> dict[str, np.ndarray]:
     ``data``, weights over ``model``; each process places its block of the batch's rows."""
     cfg = apply_overrides(load_config_file(CONFIGS / "region_r1" / "synthetic.py"), REGION_R1)
     mesh = parallel.make_mesh(4, 2)
-    scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
+    scorer, scorer_params = untrained_scorer(cfg, mesh)
     graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
     optimizer = optax.sgd(0.5)
     with jax.set_mesh(mesh):

@@ -14,6 +14,21 @@ from hf_tokenizer_fixtures import QWEN_CHAT_TEMPLATE, tiny_qwen_tokenizer
 
 from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs, VLMBatch
 
+# A tiny Qwen2 decoder (tests/models/test_lm.py, scripts/mllm_parity.py). Odd sizes: 6 query
+# heads over 2 key/value heads (grouped), width 48, a large init so the logits are far from zero
+# and a wrong layout cannot hide.
+QWEN2 = {
+    "vocab_size": 97,
+    "hidden_size": 48,
+    "intermediate_size": 72,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "initializer_range": 0.2,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+}
+
 VARIANTS = ("qwen2_vl", "qwen2_5_vl")
 TEXT = {
     "vocab_size": 272,

@@ -7,13 +7,13 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from jaxrank.contrastive import recipe as contrastive
+from jaxrank.contrastive.encoder import build_world
 from jaxrank.data.synthetic import query_preset, world_vocabulary
 
 
 def toy_batch(cfg: ml_collections.ConfigDict) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(batch, knowledge-base embeddings ``[N, D]``) for ``region_r1.make_step``."""
-    world = contrastive.build_world(cfg.scorer)
+    world = build_world(cfg.scorer)
     queries = world.queries("train", 8, query_preset("moderate"))
     rng = np.random.default_rng(0)
     kb = rng.normal(size=(world.num_entities, cfg.scorer.model.embed_dim)).astype(np.float32)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from qwen_checkpoints import QWEN2
 
 from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
 from jaxrank.models.hf.export_decoder import save_decoder
@@ -22,20 +23,6 @@ from jaxrank.rl.sampler import Sampler, SamplingSettings
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-# Odd sizes: 6 query heads over 2 key/value heads (grouped), width 48, a large init so the
-# logits are far from zero and a wrong layout cannot hide.
-QWEN2 = {
-    "vocab_size": 97,
-    "hidden_size": 48,
-    "intermediate_size": 72,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 6,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-    "initializer_range": 0.2,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-}
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])

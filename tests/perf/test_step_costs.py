@@ -19,6 +19,7 @@ from jaxrank.perf import step_costs
 from jaxrank.perf.collectives import collective_payloads
 from jaxrank.perf.flop_count import matmul_flops
 from jaxrank.region_r1 import recipe as region_r1
+from jaxrank.region_r1.scorer import untrained_scorer
 from jaxrank.search import Index
 from jaxrank.search.topk import sharded_search
 from jaxrank.train.step import TrainState
@@ -27,7 +28,7 @@ from jaxrank.train.step import TrainState
 def _step(group: int, devices: int):
     cfg = tiny_config(f"rl.num_generations={group}")
     mesh = parallel.make_mesh(devices, 1, jax.devices()[:devices])
-    scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
+    scorer, scorer_params = untrained_scorer(cfg, mesh)
     graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
     optimizer = optax.sgd(0.1)
     step = region_r1.make_step(cfg, graphdef, scorer, optimizer)

@@ -36,8 +36,9 @@ from jaxrank.rar.detection_crops import detection_crops, detection_top_classes
 from jaxrank.rar.memory_encoder import memory_embedder
 from jaxrank.rar.ranker import answer_text, build_ranker, make_scorer
 from jaxrank.rar.ranking_text import ranking_prompt
-from jaxrank.vlm import programs as vlm_policy
-from jaxrank.vlm.finetune import answer_nll_loss, supervised_stage, with_adapters
+from jaxrank.train.stage import Stage, supervised
+from jaxrank.vlm.finetune import answer_nll_loss, with_adapters
+from jaxrank.vlm.programs import completion_log_probs_fn
 
 CONFIG = CONFIGS / "rar" / "digits.py"
 FEWSHOT = CONFIG.with_name("fewshot.py")
@@ -127,7 +128,7 @@ def test_score_path_equals_teacher_forced_openings(ranker):
     batch = ranker.prompts(digits(16).images[5:7], shown)
     openings = ranker.openings(shown, 8)
     scores = np.asarray(make_scorer(graphdef, ranker.grid)(adapters, rest, batch, openings))
-    teacher_forced = vlm_policy.completion_log_probs_fn(ranker.grid, 1, 1.0)
+    teacher_forced = completion_log_probs_fn(ranker.grid, 1, 1.0)
     log_probs = jax.jit(lambda batch: teacher_forced(nnx.merge(graphdef, adapters, rest), batch))
     for j in range(5):
         rows = [b * 5 + j for b in range(2)]
@@ -170,11 +171,13 @@ def test_lora_finetuning_moves_only_adapters_and_lowers_the_nll(ranker, tmp_path
         }
     )
     before = float(loss(adapters, batch, jax.random.key(0), rest)[0])
-    data = lambda: (array_batches({"row": np.arange(8)}, 8, 0), lambda _: batch)
-    trained = supervised_stage(section, tmp_path, adapters, loss, 0, mesh, data, rest)
+    stage = lambda: Stage(
+        section, tmp_path, adapters, supervised(loss), seed=0, mesh=mesh, frozen=rest
+    )
+    trained = stage().run(array_batches({"row": np.arange(8)}, 8, 0), place=lambda _: batch).params
     after = float(loss(trained, batch, jax.random.key(0), rest)[0])
     assert after < 0.5 * before, (before, after)
-    again = supervised_stage(section, tmp_path, adapters, loss, 0, mesh, None, rest)
+    again = stage().run(None).params
     for x, y in zip(jax.tree.leaves(trained), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(x, y)  # a finished stage is restored, not retrained
     # The base is untouched: the adapters zeroed give the base model's loss back.

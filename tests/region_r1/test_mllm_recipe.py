@@ -16,13 +16,13 @@ from flax import nnx
 
 from jaxrank import parallel
 from jaxrank.region_r1 import crop_tool
-from jaxrank.region_r1 import mllm_recipe as region_r1_mllm
 from jaxrank.region_r1.mllm_policy import build_base, completion_text
+from jaxrank.region_r1.mllm_step import GRPOStep, forced_openings, sampling_settings
 from jaxrank.rl.grpo import GRPOConfig, dr_grpo_advantages
 from jaxrank.rl.token_grpo import make_token_grpo_loss
 from jaxrank.train.step import TrainState, make_train_step
-from jaxrank.vlm import programs as vlm_policy
 from jaxrank.vlm.finetune import with_adapters
+from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
 
 B, G, NEW = 4, 2, 12
 QUESTIONS = ["which object is red?", "what is in the top left?", "the striped one?", "blue?"]
@@ -94,7 +94,7 @@ def test_prompts_hold_one_image_per_row(base):
 
 
 def test_forced_openings_decode_to_the_decision_markers(base):
-    openings = region_r1_mllm.forced_openings(base)
+    openings = forced_openings(base)
     decode = base.inputs.tokenizer.decode
     assert decode(openings[crop_tool.FULL]) == crop_tool.NO_CROP
     assert decode(openings[crop_tool.REGION]) == crop_tool.CALL_OPEN
@@ -108,7 +108,7 @@ def _update_inputs(base):
     adapters = jax.tree.map(
         lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), adapters
     )
-    settings = region_r1_mllm.sampling_settings(cfg, base, greedy=False)
+    settings = sampling_settings(cfg, base, greedy=False)
     return graphdef, adapters, rest, settings
 
 
@@ -119,7 +119,7 @@ def _step(base, mesh):
     put = lambda tree: parallel.shard_batch(tree, mesh)
     adapters, rest = parallel.put_replicated((adapters, rest), mesh)
     prompts = put(base.prompts(QUESTIONS, _images()))
-    sample = vlm_policy.make_sampler(graphdef, settings, G, base.grid)
+    sample = make_sampler(graphdef, settings, G, base.grid)
     with jax.set_mesh(mesh):
         out = sample(adapters, rest, prompts, jax.random.key(1), np.full((B * G, 1), -1, np.int32))
         rewards = jnp.arange(B * G, dtype=jnp.float32).reshape(B, G) % 3
@@ -131,7 +131,7 @@ def _step(base, mesh):
             advantages=put(np.asarray(dr_grpo_advantages(rewards))),
         )
         grpo = GRPOConfig(num_generations=G, beta=0.1, aggregation="token_mean")
-        log_probs = vlm_policy.completion_log_probs_fn(base.grid, G, settings.temperature)
+        log_probs = completion_log_probs_fn(base.grid, G, settings.temperature)
         loss = make_token_grpo_loss(graphdef, log_probs, grpo)
         optimizer = optax.sgd(1.0)  # the update is the gradient itself
         state = TrainState.create(adapters, optimizer, 0)
@@ -185,7 +185,7 @@ def _step_inputs(base):
     mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
     graphdef, adapters, rest, _ = _update_inputs(base)
     optimizer = optax.adam(1e-2)
-    step = region_r1_mllm.GRPOStep(cfg, base, graphdef, _ColourScorer(), optimizer, QUESTIONS, mesh)
+    step = GRPOStep(cfg, base, graphdef, _ColourScorer(), optimizer, QUESTIONS, mesh)
     pool = np.array([[1.0, 1.0, 1.0], [0.6, -0.4, -0.4], [-0.4, -0.4, 0.6]], np.float32)
     frozen = {"kb": jnp.asarray(pool), "scorer": None, "base": rest}
     batch = {

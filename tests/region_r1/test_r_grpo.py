@@ -7,8 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrank.region_r1 import r_grpo as region_grpo
-from jaxrank.region_r1 import rerank
+from jaxrank.region_r1 import r_grpo, rerank
 from jaxrank.region_r1.action import FULL, REGION, PolicyOutput, action_log_prob, mode
 from jaxrank.rl.grpo import GRPOConfig
 from jaxrank.train.step import TrainState, make_train_step
@@ -31,12 +30,12 @@ def initial_params():
 
 
 def config(**rl):
-    return region_grpo.RegionGRPOConfig(GRPOConfig(**{"num_generations": 8, **rl}))
+    return r_grpo.RegionGRPOConfig(GRPOConfig(**{"num_generations": 8, **rl}))
 
 
 def test_act_balances_groups_and_masks_box_factors():
     out = PolicyOutput(jnp.asarray([[6.0, -6.0]] * 64), jnp.zeros((64, 4, BINS)))
-    actions = region_grpo.act(out, out, jax.random.key(0), config())
+    actions = r_grpo.act(out, out, jax.random.key(0), config())
     decision = np.asarray(actions.decision)
     assert ((decision == FULL).any(axis=1) & (decision == REGION).any(axis=1)).all()
     assert np.asarray(actions.forced).sum(axis=1).max() == 1
@@ -49,13 +48,11 @@ def test_act_balances_groups_and_masks_box_factors():
     )
     np.testing.assert_array_equal(actions.ref_logp, actions.old_logp)
 
-    unbalanced = region_grpo.act(
-        out, out, jax.random.key(0), region_grpo.RegionGRPOConfig(balanced=False)
-    )
+    unbalanced = r_grpo.act(out, out, jax.random.key(0), r_grpo.RegionGRPOConfig(balanced=False))
     assert (np.asarray(unbalanced.decision) == FULL).all()  # P(FULL) ~ 1 - 6e-6
     assert not np.asarray(unbalanced.forced).any()
-    off_policy_dropped = region_grpo.act(
-        out, out, jax.random.key(0), region_grpo.RegionGRPOConfig(forced_in_loss=False)
+    off_policy_dropped = r_grpo.act(
+        out, out, jax.random.key(0), r_grpo.RegionGRPOConfig(forced_in_loss=False)
     )
     forced = np.asarray(actions.forced)  # same key and G: the same flipped slots
     assert forced.any()
@@ -72,10 +69,10 @@ def test_loss_gradient_is_the_policy_gradient():
     }
     images = jnp.zeros((3, SIZE, SIZE, 3), jnp.uint8)
     out = shared_policy(params, images, None)
-    actions = region_grpo.act(out, out, jax.random.key(1), config(num_generations=4))
+    actions = r_grpo.act(out, out, jax.random.key(1), config(num_generations=4))
     advantages = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
     batch = {"images": images, "tokens": None, "actions": actions, "advantages": advantages}
-    loss_fn = region_grpo.make_loss(shared_policy, config(num_generations=4))
+    loss_fn = r_grpo.make_loss(shared_policy, config(num_generations=4))
     grads = jax.grad(lambda p: loss_fn(p, batch, None, None)[0])(params)
 
     def softmax(x):
@@ -126,8 +123,8 @@ def toy_task(batch_size):
 
 def test_r_grpo_learns_the_toy_crop():
     cfg = config(beta=0.01)
-    rollout = region_grpo.make_rollout(shared_policy, colour_embed, cfg, BINS, 8)
-    loss = region_grpo.make_loss(shared_policy, cfg)
+    rollout = r_grpo.make_rollout(shared_policy, colour_embed, cfg, BINS, 8)
+    loss = r_grpo.make_loss(shared_policy, cfg)
     optimizer = optax.adam(0.1)
     step = jax.jit(make_train_step(loss, optimizer, rollout=rollout))
     batch, frozen = toy_task(8)
@@ -159,8 +156,8 @@ def test_judge_centres_groups(advantage):
     batch, frozen = toy_task(4)
     out = shared_policy(initial_params(), batch["images"], None)
     cfg = config(advantage=advantage)
-    actions = region_grpo.act(out, out, jax.random.key(3), cfg)
-    scored = region_grpo.score(
+    actions = r_grpo.act(out, out, jax.random.key(3), cfg)
+    scored = r_grpo.score(
         lambda p: colour_embed(None, p),
         batch["images"],
         actions,
@@ -168,7 +165,7 @@ def test_judge_centres_groups(advantage):
         BINS,
         8,
     )
-    rewards, advantages, _ = region_grpo.judge(
+    rewards, advantages, _ = r_grpo.judge(
         scored, actions.decision, batch["labels"], batch["pool_valid"], cfg
     )
     np.testing.assert_allclose(np.asarray(advantages).sum(axis=1), 0, atol=1e-5)

@@ -16,13 +16,14 @@ from region_r1_tiny import CONFIG, TINY_MODELS, tiny_config
 
 from jaxrank import parallel
 from jaxrank.region_r1 import recipe as region_r1
+from jaxrank.region_r1.scorer import INDEX_FILE, untrained_scorer
 from jaxrank.search import Index
 from jaxrank.train.step import TrainState
 
 
 @fast_compile()  # its time is almost all compilation (init, step)
 def one_step(cfg, mesh):
-    scorer, scorer_params = region_r1.untrained_scorer(cfg, mesh)
+    scorer, scorer_params = untrained_scorer(cfg, mesh)
     graphdef, params = nnx.split(region_r1.build_policy(cfg, mesh), nnx.Param)
     reference = jax.tree.map(lambda x: x.copy(), params)
     optimizer = optax.sgd(0.5)  # compares gradients, not Adam's near-sign of them
@@ -121,7 +122,7 @@ def test_pipeline_from_the_command_line(tmp_path):
     }
     for name in ("report.md", "training.png", "cond_recall_at_1.png", "gallery_moderate.png"):
         assert (workdir / name).is_file(), name
-    index = Index.load(workdir / region_r1.INDEX_FILE)
+    index = Index.load(workdir / INDEX_FILE)
     assert len(index) == 256
 
     # Re-running the finished run only re-evaluates, with the same numbers.

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jaxrank import imaging
-from jaxrank.region_r1 import baselines as crop_baselines
-from jaxrank.region_r1 import rerank
+from jaxrank.region_r1 import baselines, rerank
 from jaxrank.region_r1.action import FULL, REGION
 
 H = W = 24
@@ -75,10 +74,8 @@ def test_score_actions_matches_numpy():
 
 
 def test_baseline_boxes():
-    np.testing.assert_allclose(
-        crop_baselines.centre_boxes((2,), 40, 20, 0.5), [[5, 10, 15, 30]] * 2
-    )
-    boxes = np.asarray(crop_baselines.random_boxes(jax.random.key(0), (500,), 40, 20, (0.3, 0.7)))
+    np.testing.assert_allclose(baselines.centre_boxes((2,), 40, 20, 0.5), [[5, 10, 15, 30]] * 2)
+    boxes = np.asarray(baselines.random_boxes(jax.random.key(0), (500,), 40, 20, (0.3, 0.7)))
     sides = boxes[:, 2:] - boxes[:, :2]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 20 + 1e-4).all()
     assert (boxes[:, 3] <= 40 + 1e-4).all()
@@ -87,9 +84,9 @@ def test_baseline_boxes():
     # Positions spread over the image, not stuck in a corner.
     assert boxes[:, 0].std() > 1.0 and boxes[:, 1].std() > 2.0
     with pytest.raises(ValueError, match="fraction"):
-        crop_baselines.centre_boxes((1,), 8, 8, 0.0)
+        baselines.centre_boxes((1,), 8, 8, 0.0)
     with pytest.raises(ValueError, match="fractions"):
-        crop_baselines.random_boxes(jax.random.key(0), (1,), 8, 8, (0.8, 0.2))
+        baselines.random_boxes(jax.random.key(0), (1,), 8, 8, (0.8, 0.2))
 
 
 def test_strategy_metrics_count_and_exclude_degenerate_pools():
