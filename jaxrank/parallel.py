@@ -41,6 +41,18 @@ def mesh_from_config(cfg: Mapping[str, Any]) -> Mesh:
     return make_mesh(data=int(cfg.get("data", -1)), model=int(cfg.get("model", 1)))
 
 
+def require_divisible_batches(cfg: Mapping[str, Any], sections: Sequence[str], mesh: Mesh) -> None:
+    """Each section's ``batch_size`` must split evenly over the mesh's ``data`` axis (a GRPO
+    group and a contrastive batch are laid out row-wise over it)."""
+    devices = mesh.shape[DATA]
+    for section in sections:
+        if cfg[section].batch_size % devices:
+            raise ValueError(
+                f"{section}.batch_size={cfg[section].batch_size} must be divisible by the "
+                f"{devices} devices of the data axis"
+            )
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -199,11 +199,7 @@ def train_or_restore(
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     workdir = prepare_workdir(workdir, cfg)
     mesh, world, graphdef, params = setup(cfg)
-    if cfg.train.batch_size % mesh.shape[parallel.DATA]:
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must be divisible by the "
-            f"{mesh.shape[parallel.DATA]} devices of the data axis"
-        )
+    parallel.require_divisible_batches(cfg, ("train",), mesh)
     kb = parallel.put_replicated(knowledge_base(world, cfg), mesh)
     stage = Stage(
         cfg.train,

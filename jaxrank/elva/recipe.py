@@ -271,12 +271,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: Path):
     """The mesh, benchmark, the graphdefs of the contrastive encoder and the head, the RL
     stage, and the frozen inputs (knowledge base, reference encoder and scale)."""
     mesh = parallel.mesh_from_config(cfg.mesh)
-    for stage in ("train", "contrastive"):
-        if cfg[stage].batch_size % mesh.shape[parallel.DATA]:
-            raise ValueError(
-                f"{stage}.batch_size={cfg[stage].batch_size} must be divisible by the "
-                f"{mesh.shape[parallel.DATA]} devices of the data axis"
-            )
+    parallel.require_divisible_batches(cfg, ("train", "contrastive"), mesh)
     bench = benchmark(cfg)
     kb = parallel.put_replicated(knowledge_base(bench.world, cfg), mesh)
     graphdef, encoder = contrastive_stage(cfg, workdir, bench, kb, mesh)

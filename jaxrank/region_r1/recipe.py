@@ -63,12 +63,7 @@ TRAIN_KEYS = ("images", "tokens", "boxes", "pool_ids", "labels", "pool_valid")
 def setup(cfg: ml_collections.ConfigDict, workdir: Path):
     """The mesh, the frozen scorer with its index, and the freshly initialised policy."""
     mesh = parallel.mesh_from_config(cfg.mesh)
-    for stage in ("train", "grounding"):
-        if cfg[stage].batch_size % mesh.shape[parallel.DATA]:
-            raise ValueError(
-                f"{stage}.batch_size={cfg[stage].batch_size} must be divisible by the "
-                f"{mesh.shape[parallel.DATA]} devices of the data axis"
-            )
+    parallel.require_divisible_batches(cfg, ("train", "grounding"), mesh)
     scorer = Scorer(cfg, workdir, mesh)
     graphdef, params = nnx.split(build_policy(cfg, mesh), nnx.Param)
     return mesh, scorer, graphdef, params
