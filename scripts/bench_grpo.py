@@ -169,7 +169,7 @@ class JaxrankGRPO:
         import jax
 
         b = self.inputs.batch(self.texts, self.images, lengths=(self.length,))
-        # vlm_policy's layout: every leaf rows first (positions [B, 3, P], patches [B, n, d]).
+        # vlm.programs's layout: every leaf rows first (positions [B, 3, P], patches [B, n, d]).
         batch = {
             "tokens": b.tokens,
             "mask": b.mask,

@@ -3,7 +3,7 @@
     jaxrank train --config configs/rar/digits.py --workdir runs/rar
 
 The memory holds ``shots`` images per class embedded by their own pixels (see
-``recipes/rar_memory.py``); the ranker is a random tiny Qwen2.5-VL-shaped model fine-tuned on
+``rar/memory_encoder.py``); the ranker is a random tiny Qwen2.5-VL-shaped model fine-tuned on
 RAR's ranking data built from a separate part of the digits (the paper fine-tunes on
 FGVC-Aircraft and evaluates elsewhere). Paper settings kept: k 5 (4 at 4 shots), 20 neighbours,
 16 sets per image, shuffled prompt order, 1 epoch. Changed for a random tiny model: every

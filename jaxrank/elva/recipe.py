@@ -7,7 +7,7 @@ head, ELVA's reward against the positive and the negatives (embedded by the cont
 or re-embedded every step with ``candidates="current"``, and sampled too with
 ``policy_samples="all"``), GRPO with a KL to the contrastive model, all in one jitted step
 -> Recall@K on the standard and multi-grain sets and grain sensitivity, every
-``train.eval_every`` steps (``elva_eval``).
+``train.eval_every`` steps (``elva.evaluation``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """RAR's detection mode (PAPERS.md §3): boxes as proposals, each cropped with a margin adapted
 to its size and blurred outside the box, then retrieved image -> text against a class-name
 memory; the top-k classes of each box (with its crop) are what the MLLM ranker then orders
-(``class_ranking.ranking_prompt`` / ``class_scoring``).
+(``ranking_text.ranking_prompt`` / ``class_scoring``).
 
 **Margin rule.** RAR's published code (github.com/Liuziyu77/RAR: ``CLIP-Cls``, ``Few_shot``,
 ``Fine-Grained_Visual_Recognition``, ``finetune``) does not include the detection part, and

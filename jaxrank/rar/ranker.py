@@ -4,7 +4,7 @@ retrieved class names in the paper's prompt, answering with the names as a list,
 Two ways to read it, both over the same prompt:
 
 - **generate**: greedy decoding, the first ``[...]`` parsed back to classes
-  (``class_ranking.parse_ranking``; a format error keeps the retrieval order);
+  (``ranking_text.parse_ranking``; a format error keeps the retrieval order);
 - **score** (no free generation, fixed shapes: the TPU path): each candidate scores the
   log-probability that the answer *starts* with it, i.e. of the text ``['<name>',`` after the
   prompt (k >= 2, so a comma always follows the first name). The closing quote ends the name,

@@ -5,7 +5,7 @@ Stages, each resumable in the workdir:
 
 1. data: labelled images split once (``data.split_seed``) into the ranker's fine-tuning pool,
    the shot pool and the test queries (``data/labelled_images.py``);
-2. the ranker's base (``rar_ranker``: a released Qwen2-VL checkpoint, or a random tiny one);
+2. the ranker's base (``rar.ranker``: a released Qwen2-VL checkpoint, or a random tiny one);
 3. ranking fine-tuning (``finetune/``): the pool split into D_a / D_b, the examples of
    ``ranking_data``, the answer's negative log-likelihood. ``finetune.train = "lora"`` trains
    adapters on the frozen base, as the paper does; ``"all"`` trains every weight (a random tiny

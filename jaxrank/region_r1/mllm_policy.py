@@ -1,4 +1,4 @@
-"""Region-R1's vision-language crop policy on the host side: its base model (``vlm_base``: a
+"""Region-R1's vision-language crop policy on the host side: its base model (``vlm.base``: a
 released checkpoint, or a random tiny one with a tokenizer trained on the recipe's own texts),
 its prompts, its supervised targets and the reading of what it wrote.
 """

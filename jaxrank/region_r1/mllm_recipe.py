@@ -93,9 +93,6 @@ def warm_start(cfg, workdir: Path, base: CropPolicyBase, train: dict[str, Any] |
     return graphdef, stage.run(batches, place=place).params
 
 
-# ---- r-GRPO ----------------------------------------------------------------------------------
-
-
 # ---- evaluation ------------------------------------------------------------------------------
 
 
@@ -180,13 +177,13 @@ def _eval_queries(cfg, scorer, mesh) -> dict[str, dict[str, Any]]:
 
 
 def _benchmark(cfg) -> str:
-    benchmark = cfg.data.get("benchmark", "synthetic")
-    if benchmark != "synthetic" and benchmark not in benchmark.BENCHMARKS:
+    name = cfg.data.get("benchmark", "synthetic")
+    if name != "synthetic" and name not in benchmark.BENCHMARKS:
         raise ConfigError(
-            f"data.benchmark={benchmark!r}: expected 'synthetic' or one of "
+            f"data.benchmark={name!r}: expected 'synthetic' or one of "
             f"{list(benchmark.BENCHMARKS)}"
         )
-    return benchmark
+    return name
 
 
 def _scorer(cfg, workdir: Path, mesh):

@@ -3,7 +3,7 @@
 frozen contrastive scorer -> knowledge-base index (pair embeddings) -> top-K pools of the full
 query image -> crop policy trained with r-GRPO (one jitted step: sample, crop, score the pool,
 reward, advantage, clipped loss with KL, optax update) -> evaluation against the paper's
-baselines (``region_r1_eval``).
+baselines (``region_r1.evaluation``).
 """
 
 from __future__ import annotations

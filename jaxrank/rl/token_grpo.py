@@ -24,10 +24,10 @@ LogProbs = Callable[[nnx.Module, Any], jax.Array]
 
 
 def make_token_grpo_loss(graphdef: nnx.GraphDef, log_probs: LogProbs, grpo: GRPOConfig) -> LossFn:
-    """``loss_fn(adapters, batch, rng, base)`` for ``train_step.make_train_step``.
+    """``loss_fn(adapters, batch, rng, base)`` for ``train.step.make_train_step``.
 
     ``log_probs(model, batch)`` returns the completions' per-token log-probs ``[B*G, L]`` (rows
-    prompt-major, as ``rollout.generate`` returns them). ``batch`` holds ``completion_mask``
+    prompt-major, as ``rl.sampler.generate`` returns them). ``batch`` holds ``completion_mask``
     ``[B*G, L]``, ``advantages`` ``[B, G]`` and, optionally, ``old_log_probs`` ``[B*G, L]`` (the
     sampler's, from the pre-update policy); without them the ratio is taken against
     ``stop_gradient`` of the log-probs (one update per batch: rho = 1, the plain policy

@@ -150,7 +150,7 @@ class VLMBase:
     def encode(
         self, conversations: Sequence[list[dict]], images: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """Host arrays of ``vlm_policy``'s batch, one image per conversation (positions
+        """Host arrays of ``vlm.programs``'s batch, one image per conversation (positions
         row-major: ``[B, 3, P]``, so every leaf shards by rows)."""
         texts = [self.inputs.chat(messages) for messages in conversations]
         resized = [[resize_square(image, self.image_size)] for image in images]

@@ -49,7 +49,7 @@ def make_sampler(
     cache_dtype: DTypeLike | None = None,
 ) -> Callable[..., Completions]:
     """``sample(adapters, base, batch, rng, forced) -> Completions`` ``[B*G, N]``, jitted; no
-    dropout. ``forced`` ``[B*G, F]`` (``-1`` = sample) is ``rollout.generate``'s prefix."""
+    dropout. ``forced`` ``[B*G, F]`` (``-1`` = sample) is ``rl.sampler.generate``'s prefix."""
 
     @jax.jit
     def sample(adapters, base, batch, rng, forced):
