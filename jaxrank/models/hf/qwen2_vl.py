@@ -30,9 +30,14 @@ def vlm_config(folder: Path) -> VLMConfig:
     """jaxrank's VLMConfig from the checkpoint's ``config.json`` (read by transformers)."""
     from transformers import AutoConfig
 
-    c = AutoConfig.from_pretrained(folder)
+    return translate_config(AutoConfig.from_pretrained(folder), folder)
+
+
+def translate_config(c, where: Path) -> VLMConfig:
+    """jaxrank's VLMConfig from a transformers ``Qwen2VLConfig`` / ``Qwen2_5_VLConfig`` (``where``
+    names its source in errors)."""
     lm = text_config(
-        c.text_config, tie_embeddings=bool(c.tie_word_embeddings), where=folder, mrope=True
+        c.text_config, tie_embeddings=bool(c.tie_word_embeddings), where=where, mrope=True
     )
     return VLMConfig(lm=lm, vision=vision_config(c), image_token_id=int(c.image_token_id))
 
