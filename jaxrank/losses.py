@@ -39,6 +39,24 @@ def _positive_pairs(batch_size: int, labels: jax.Array | None) -> jax.Array:
     return labels[:, None] == labels[None, :]
 
 
+def _targets(batch_size: int, labels: jax.Array | None) -> jax.Array:
+    """Each row's target distribution: uniform over the columns that share its label."""
+    positives = _positive_pairs(batch_size, labels).astype(jnp.float32)
+    return positives / positives.sum(axis=-1, keepdims=True)
+
+
+def infonce_loss(
+    queries: jax.Array,
+    candidates: jax.Array,
+    logit_scale: jax.Array | float,
+    labels: jax.Array | None = None,
+) -> jax.Array:
+    """InfoNCE as ELVA writes it (PAPERS.md §2): the mean cross-entropy of each query over the
+    global batch's candidates, one direction only (query -> candidate)."""
+    logits = contrastive_logits(queries, candidates, logit_scale)
+    return optax.softmax_cross_entropy(logits, _targets(logits.shape[0], labels)).mean()
+
+
 def softmax_contrastive_loss(
     a: jax.Array,
     b: jax.Array,
@@ -51,8 +69,7 @@ def softmax_contrastive_loss(
     distribution of a row is uniform over the columns that share its label.
     """
     logits = contrastive_logits(a, b, logit_scale)
-    positives = _positive_pairs(logits.shape[0], labels).astype(jnp.float32)
-    targets = positives / positives.sum(axis=-1, keepdims=True)
+    targets = _targets(logits.shape[0], labels)
     a_to_b = optax.softmax_cross_entropy(logits, targets).mean()
     b_to_a = optax.softmax_cross_entropy(logits.T, targets.T).mean()
     return 0.5 * (a_to_b + b_to_a)

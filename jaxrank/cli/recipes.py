@@ -15,6 +15,7 @@ RECIPES = {
     "region_r1": "jaxrank.region_r1.recipe",
     "region_r1_mllm": "jaxrank.region_r1.mllm_recipe",
     "elva": "jaxrank.elva.recipe",
+    "elva_generative": "jaxrank.elva.generative_recipe",
     "rar": "jaxrank.rar.recipe",
 }
 

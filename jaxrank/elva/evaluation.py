@@ -45,31 +45,50 @@ class Evaluator:
         """Queries embedded with ``params``; candidates from ``table`` [2, N, D] (image and
         text embeddings of the knowledge base), by default embedded with ``params`` too."""
         table = self._table(params, self.kb) if table is None else table
-        table = np.asarray(jax.device_get(table))
-        ks = tuple(self.cfg.eval.ks)
-        metrics: dict[str, float] = {}
-        pooled_scores, pooled_entity = [], []
-        for (name, task), arrays in self.sets.items():
-            queries = retrieval_eval.embed_in_batches(
-                lambda *b, arrays=arrays: self._embed(params, dict(zip(arrays, b, strict=True))),
-                list(arrays.values()),
-                self.cfg.eval.batch_size,
-                self.mesh,
+        embedded = {
+            key: (
+                retrieval_eval.embed_in_batches(
+                    lambda *b, arrays=arrays: self._embed(
+                        params, dict(zip(arrays, b, strict=True))
+                    ),
+                    list(arrays.values()),
+                    self.cfg.eval.batch_size,
+                    self.mesh,
+                ),
+                arrays["entity"],
             )
-            keys = table[int(task == I2T)]
-            found = retrieval_eval.entity_retrieval_report(queries, keys, arrays["entity"], ks)
-            for k in ks:
-                metrics[f"{name}/{TASKS[task]}/recall@{k}"] = found[f"recall@{k}"]
-            if name == "multigrain":
-                pooled_scores.append(queries @ keys.T)
-                pooled_entity.append(arrays["entity"])
-        for name in QUERY_SETS:
-            for k in ks:
-                per_task = [metrics[f"{name}/{t}/recall@{k}"] for t in TASKS]
-                metrics[f"{name}/avg/recall@{k}"] = float(np.mean(per_task))
-        gaps = self.bench.grain_gaps(np.concatenate(pooled_scores), np.concatenate(pooled_entity))
-        metrics.update({f"gap/{grain}": gaps[grain] for grain in GRAINS})
-        return metrics
+            for key, arrays in self.sets.items()
+        }
+        table = np.asarray(jax.device_get(table))
+        return multigrain_metrics(self.bench, embedded, table, tuple(self.cfg.eval.ks))
+
+
+def multigrain_metrics(
+    bench: MultiGrain,
+    embedded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
+    table: np.ndarray,
+    ks: tuple[int, ...],
+) -> dict[str, float]:
+    """The flat metrics dict of embedded query sets (``(query set, task)`` -> (unit query
+    embeddings [Q, D], target entities [Q])) against the knowledge base's ``table`` [2, N, D]
+    (image, text): ``{set}/{task}/recall@K``, ``{set}/avg/recall@K``, ``gap/{attribute}``."""
+    metrics: dict[str, float] = {}
+    pooled_scores, pooled_entity = [], []
+    for (name, task), (queries, entity) in embedded.items():
+        keys = table[int(task == I2T)]
+        found = retrieval_eval.entity_retrieval_report(queries, keys, entity, ks)
+        for k in ks:
+            metrics[f"{name}/{TASKS[task]}/recall@{k}"] = found[f"recall@{k}"]
+        if name == "multigrain":
+            pooled_scores.append(queries @ keys.T)
+            pooled_entity.append(entity)
+    for name in QUERY_SETS:
+        for k in ks:
+            per_task = [metrics[f"{name}/{t}/recall@{k}"] for t in TASKS]
+            metrics[f"{name}/avg/recall@{k}"] = float(np.mean(per_task))
+    gaps = bench.grain_gaps(np.concatenate(pooled_scores), np.concatenate(pooled_entity))
+    metrics.update({f"gap/{grain}": gaps[grain] for grain in GRAINS})
+    return metrics
 
 
 class Curve:
@@ -110,9 +129,10 @@ def _markdown(cfg, first, last, info, plots, k) -> str:
     changes = []
     for name in QUERY_SETS:
         before, after = first[f"{name}/avg/recall@{k}"], last[f"{name}/avg/recall@{k}"]
+        relative = f"{100 * (after / before - 1):+.1f}%" if before else "undefined"
         changes.append(
             f"- {name}: {before:.3f} -> {after:.3f} ({100 * (after - before):+.1f} points, "
-            f"{100 * (after / before - 1):+.1f}% relative)"
+            f"{relative} relative)"
         )
     gaps = [
         {"model": label, **{g: m[f"gap/{g}"] for g in GRAINS}}

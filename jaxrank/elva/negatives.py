@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import ml_collections
 import numpy as np
 
+from jaxrank.data.multigrain import I2T
 from jaxrank.search.errors import SearchError
 from jaxrank.search.index import Index
 
@@ -65,3 +68,39 @@ def mine_negatives(
         chosen = [c for c in candidates.tolist() if c not in excluded][: mining.n_random]
         random[row, : len(chosen)] = chosen
     return np.concatenate([hard, random], axis=1)
+
+
+def mining_config(cfg: ml_collections.ConfigDict) -> NegativeMining:
+    """The ``mining`` section of an ELVA config (``depth`` 0: the default depth)."""
+    mining = cfg.mining.to_dict()
+    mining["depth"] = mining["depth"] or None
+    return NegativeMining(**mining)
+
+
+def mine(
+    instances: dict[str, np.ndarray],
+    queries: np.ndarray,
+    table: np.ndarray,
+    cfg: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> np.ndarray:
+    """Negative ids ``[Q, n_hard + n_random]`` of each instance, mined with the contrastive
+    model's embeddings (``queries`` [Q, D], ``table`` [2, N, D]) from the index of the
+    modality its task retrieves."""
+    mining = mining_config(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    negatives = np.full((len(queries), mining.n_hard + mining.n_random), -1, np.int64)
+    modality = (instances["task"] == I2T).astype(int)
+    for m in (0, 1):
+        chosen = np.flatnonzero(modality == m)
+        index = Index.from_array(table[m], metric="cosine", mesh=mesh)
+        found = mine_negatives(index, queries[chosen], instances["entity"][chosen], mining, rng)
+        negatives[chosen] = found
+    short = np.flatnonzero((negatives < 0).any(axis=1))
+    if len(short):
+        raise SearchError(
+            f"{len(short)} RL instances (first: row {short[0]}) found fewer than "
+            f"{mining.n_hard} hard negatives under mining.threshold={mining.threshold}; raise "
+            "mining.depth or the threshold"
+        )
+    return negatives.astype(np.int32)

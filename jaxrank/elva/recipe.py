@@ -30,16 +30,14 @@ from jaxrank.configs import ConfigError
 from jaxrank.contrastive.embedders import knowledge_base
 from jaxrank.contrastive.encoder import build_model, encoder_inputs
 from jaxrank.data.arrays import array_batches
-from jaxrank.data.multigrain import I2T, TASKS, MultiGrain
+from jaxrank.data.multigrain import TASKS, MultiGrain
 from jaxrank.elva import embedding_grpo, evaluation
 from jaxrank.elva.encoders import benchmark, candidate_embedder, query_embedder, rows
 from jaxrank.elva.gaussian_head import GaussianEmbeddingHead
-from jaxrank.elva.negatives import NegativeMining, mine_negatives
+from jaxrank.elva.negatives import mine
 from jaxrank.elva.reward import ELVARewardConfig
 from jaxrank.elva.task_embedding import candidates_of
 from jaxrank.rl.grpo import GRPOConfig
-from jaxrank.search import Index
-from jaxrank.search.errors import SearchError
 from jaxrank.train.stage import Stage, supervised
 from jaxrank.train.step import make_train_step
 from jaxrank.train.workdir import prepare_workdir
@@ -117,41 +115,6 @@ def rl_instances(bench: MultiGrain, cfg: ml_collections.ConfigDict) -> dict[str,
     n = cfg.rl_data.queries_per_task
     parts = [rows(cfg, bench.queries("train", t, "standard", n)) for t in range(len(TASKS))]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def mining_config(cfg: ml_collections.ConfigDict) -> NegativeMining:
-    mining = cfg.mining.to_dict()
-    mining["depth"] = mining["depth"] or None
-    return NegativeMining(**mining)
-
-
-def mine(
-    instances: dict[str, np.ndarray],
-    queries: np.ndarray,
-    table: np.ndarray,
-    cfg: ml_collections.ConfigDict,
-    mesh,
-) -> np.ndarray:
-    """Negative ids ``[Q, n_hard + n_random]`` of each instance, mined with the contrastive
-    model's embeddings (``queries`` [Q, D], ``table`` [2, N, D]) from the index of the
-    modality its task retrieves."""
-    mining = mining_config(cfg)
-    rng = np.random.default_rng(cfg.seed)
-    negatives = np.full((len(queries), mining.n_hard + mining.n_random), -1, np.int64)
-    modality = (instances["task"] == I2T).astype(int)
-    for m in (0, 1):
-        chosen = np.flatnonzero(modality == m)
-        index = Index.from_array(table[m], metric="cosine", mesh=mesh)
-        found = mine_negatives(index, queries[chosen], instances["entity"][chosen], mining, rng)
-        negatives[chosen] = found
-    short = np.flatnonzero((negatives < 0).any(axis=1))
-    if len(short):
-        raise SearchError(
-            f"{len(short)} RL instances (first: row {short[0]}) found fewer than "
-            f"{mining.n_hard} hard negatives under mining.threshold={mining.threshold}; raise "
-            "mining.depth or the threshold"
-        )
-    return negatives.astype(np.int32)
 
 
 def grpo_config(cfg: ml_collections.ConfigDict) -> GRPOConfig:

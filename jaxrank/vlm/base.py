@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jaxrank.configs import ConfigError
 from jaxrank.models.hf.qwen2_vl import load_vlm
 from jaxrank.models.hf.qwen_tokenizer import train_qwen_style_tokenizer
 from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs
@@ -79,10 +80,15 @@ def tiny_vlm_config(tiny: ml_collections.ConfigDict, vocab_size: int, image_toke
     return VLMConfig(lm, vision, image_token_id)
 
 
-def _write_tiny_inputs(section: ml_collections.ConfigDict, folder: Path, corpus: list[str]):
+def _write_tiny_inputs(
+    section: ml_collections.ConfigDict, folder: Path, corpus: list[str], special: Sequence[str]
+):
     folder.mkdir(parents=True, exist_ok=True)
     tiny, size = section.tiny, section.image_size
-    train_qwen_style_tokenizer(corpus, tiny.vocab_size, folder)
+    tokenizer = train_qwen_style_tokenizer(corpus, tiny.vocab_size, folder)
+    if special:
+        add_special_tokens(tokenizer, special)
+        tokenizer.save_pretrained(folder)
     processor = {
         "image_processor_type": "Qwen2VLImageProcessor",
         "patch_size": tiny.patch_size,
@@ -94,20 +100,41 @@ def _write_tiny_inputs(section: ml_collections.ConfigDict, folder: Path, corpus:
     (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
 
 
+def add_special_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
+    """Add ``tokens`` (e.g. ELVA's ``[RET]``) as special tokens, keeping the tokenizer's own;
+    their ids."""
+    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+
+
 def load_model_and_inputs(
     section: ml_collections.ConfigDict,
     folder: Path,
     corpus: Callable[[], list[str]],
     seed: int,
     mesh: jax.sharding.Mesh,
+    special_tokens: Sequence[str] = (),
 ) -> tuple[VisionLanguageModel, QwenVLInputs]:
     """``section.checkpoint`` (folder or hub id) when set; else the tiny random model of
-    ``section.tiny``, its tokenizer trained on ``corpus()`` once and kept in ``folder``."""
+    ``section.tiny``, its tokenizer trained on ``corpus()`` once and kept in ``folder``.
+    ``special_tokens`` are added to the tokenizer; a checkpoint must have embedding rows for
+    them already (Qwen2-VL's checkpoints keep a few hundred spare rows), else it is refused."""
     if section.checkpoint:
         loaded = load_vlm(section.checkpoint, dtype=jnp.dtype(section.dtype), mesh=mesh)
-        return loaded.model, QwenVLInputs.from_pretrained(section.checkpoint)
+        inputs = QwenVLInputs.from_pretrained(section.checkpoint)
+        ids = add_special_tokens(inputs.tokenizer, special_tokens)
+        rows = loaded.model.config.lm.vocab_size
+        if any(i >= rows for i in ids):
+            raise ConfigError(
+                f"{section.checkpoint}: its embedding has {rows} rows, too few for the added "
+                f"tokens {list(special_tokens)} (ids {ids}); resize the checkpoint's embedding "
+                "and output layer first"
+            )
+        return loaded.model, inputs
     if not (folder / "tokenizer.json").exists():
-        _write_tiny_inputs(section, folder, corpus())
+        _write_tiny_inputs(section, folder, corpus(), special_tokens)
     inputs = QwenVLInputs.from_pretrained(folder)
     config = tiny_vlm_config(section.tiny, len(inputs.tokenizer), inputs.image_token_id)
     with jax.set_mesh(mesh):

@@ -10,20 +10,37 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from jaxrank.models.lora import LoRAConfig, apply_lora, join_lora, split_lora
+from jaxrank.models.lora import OUTPUT_HEAD, LoRAConfig, apply_lora, join_lora, split_lora
 from jaxrank.models.qwen_vision import Grid
 from jaxrank.train.step import LossFn
 from jaxrank.vlm.programs import completion_log_probs_fn
+
+LANGUAGE_MODEL = "language-model"
+
+
+def language_model_linears(model: nnx.Module) -> tuple[str, ...]:
+    """The dotted paths of the language model's linears, its output head excepted."""
+    return tuple(
+        ".".join(map(str, path))
+        for path, module in nnx.iter_graph(model)
+        if isinstance(module, nnx.Linear)
+        and path[0] == "language_model"
+        and path[-1] != OUTPUT_HEAD
+    )
 
 
 def with_adapters(
     lora: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params: nnx.State, seed: int
 ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     """The model ``(graphdef, params)`` with LoRA adapters of ``lora``'s settings:
-    ``(graphdef, adapters, frozen rest)`` (``split_lora``)."""
+    ``(graphdef, adapters, frozen rest)`` (``split_lora``). ``targets`` may also be
+    ``LANGUAGE_MODEL``: every linear of the language model, the vision tower left frozen (as
+    ELVA trains its embedder)."""
     model = nnx.merge(graphdef, params)
     settings = lora.to_dict()
-    if not isinstance(settings["targets"], str):
+    if settings["targets"] == LANGUAGE_MODEL:
+        settings["targets"] = language_model_linears(model)
+    elif not isinstance(settings["targets"], str):
         settings["targets"] = tuple(settings["targets"])
     apply_lora(model, LoRAConfig(**settings), nnx.Rngs(params=seed, dropout=seed + 1))
     return split_lora(model)

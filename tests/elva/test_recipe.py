@@ -23,6 +23,7 @@ from jaxrank.contrastive.embedders import knowledge_base
 from jaxrank.contrastive.encoder import build_model
 from jaxrank.data.multigrain import TASKS
 from jaxrank.elva import recipe as elva
+from jaxrank.elva.negatives import mine
 from jaxrank.search.errors import SearchError
 from jaxrank.train.step import TrainState
 
@@ -122,7 +123,7 @@ def test_mined_negatives_are_numpys_top_others_then_random():
     queries = queries + 0.3 * rng.normal(size=queries.shape).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=-1, keepdims=True)
     mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
-    negatives = elva.mine(instances, queries, table, cfg, mesh)
+    negatives = mine(instances, queries, table, cfg, mesh)
     assert negatives.shape == (6, 8)
     for row, (task, entity) in enumerate(zip(instances["task"], instances["entity"], strict=True)):
         scores = table[int(task == 1)] @ queries[row]
@@ -130,7 +131,7 @@ def test_mined_negatives_are_numpys_top_others_then_random():
         assert negatives[row, :4].tolist() == order[:4]
         assert entity not in negatives[row] and len(set(negatives[row].tolist())) == 8
     with pytest.raises(SearchError, match="fewer than 4 hard negatives"):
-        elva.mine(instances, queries, table, tiny_config("mining.threshold=-1.0"), mesh)
+        mine(instances, queries, table, tiny_config("mining.threshold=-1.0"), mesh)
 
 
 def _train_cmd(workdir):

@@ -1,0 +1,122 @@
+"""ELVA's generative embedder on the host side (PAPERS.md §2): a vision-language model with the
+``[RET]`` token, prompted with the paper's instruction to summarise its input and then write
+``[RET]``, whose last hidden state there is the embedding.
+
+Every prompt row has one image slot, so a batch of mixed inputs (image, text, or both) is one
+compiled program: a text-only input's image tokens are masked out of attention, so the model
+reads no image for it (the slot costs its vision-tower pass, nothing else).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxrank.elva.generative_embedding import ret_embeddings
+from jaxrank.models.lora import join_lora
+from jaxrank.rl.sampler import SamplingSettings, generate
+from jaxrank.vlm.base import VLMBase, load_model_and_inputs
+from jaxrank.vlm.programs import vlm_prompt
+
+RET = "[RET]"
+SUMMARY_REQUEST = (
+    "Analyze and summarize the key information of the above input. Finally, append the special "
+    "token [RET] to represent the entire input."
+)
+BASE_DIR = "embedder_base"  # the tiny embedder's tokenizer and image processor, in the workdir
+
+
+def prompt_text(instruction: str, text: str) -> str:
+    """The paper's prompt after the image: ``<instruction> {text}. <summary request>``."""
+    body = " ".join(part for part in (instruction, text) if part)
+    return f"{body}. {SUMMARY_REQUEST}"
+
+
+@dataclasses.dataclass
+class RetEmbedderBase(VLMBase):
+    """The embedder's model before LoRA, and its prompts, targets and sampling."""
+
+    ret_id: int = -1
+
+    def prompts(
+        self,
+        instructions: Sequence[str],
+        texts: Sequence[str],
+        images: np.ndarray,
+        has_image: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """The batch of one prompt row per input (``VLMBase.encode``); rows whose
+        ``has_image`` is False get their image tokens masked out."""
+        conversations = [
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}]
+            for t in map(prompt_text, instructions, texts)
+        ]
+        batch = self.encode(conversations, images)
+        hidden_image = (batch["tokens"] == self.inputs.image_token_id) & ~np.asarray(
+            has_image, bool
+        )[:, None]
+        batch["mask"] = batch["mask"] & ~hidden_image
+        return batch
+
+    def answers(self, summaries: Sequence[str], length: int) -> dict[str, np.ndarray]:
+        """Teacher-forced completions ``[B, length]``: each summary (cut to ``length - 1``
+        tokens) then ``[RET]``, and their mask."""
+        rows = [[*self.token_ids(s)[: length - 1], self.ret_id] for s in summaries]
+        tokens = np.zeros((len(rows), length), np.int32)
+        mask = np.zeros((len(rows), length), bool)
+        for i, row in enumerate(rows):
+            tokens[i, : len(row)], mask[i, : len(row)] = row, True
+        return {"completion": tokens, "completion_mask": mask}
+
+    def ret_sampling(self, max_new_tokens: int, temperature: float) -> SamplingSettings:
+        """Sampling that stops at ``[RET]`` (``temperature`` 0: greedy)."""
+        return SamplingSettings(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            stop_tokens=(self.ret_id,),
+            pad_id=self.inputs.tokenizer.pad_token_id,
+        )
+
+
+def build_embedder(
+    section: ml_collections.ConfigDict,
+    folder: Path,
+    corpus: Sequence[str],
+    seed: int,
+    mesh: jax.sharding.Mesh,
+) -> RetEmbedderBase:
+    """``section.checkpoint`` with ``[RET]`` added, or the tiny random model of
+    ``section.tiny`` whose tokenizer (trained on ``corpus`` and the prompts, kept in
+    ``folder``) has ``[RET]``."""
+    texts = lambda: [SUMMARY_REQUEST, *corpus]
+    model, inputs = load_model_and_inputs(section, folder, texts, seed, mesh, (RET,))
+    return RetEmbedderBase(
+        model,
+        inputs,
+        section.image_size,
+        ret_id=inputs.tokenizer.convert_tokens_to_ids(RET),
+    )
+
+
+def make_embed(graphdef: nnx.GraphDef, base: RetEmbedderBase, max_new_tokens: int):
+    """``embed(adapters, rest, batch) -> (unit embeddings [B, W], wrote [RET] [B])``, jitted:
+    a greedy summary, then the hidden state at its ``[RET]`` (at its last token when the
+    summary hit ``max_new_tokens`` without one)."""
+    settings = base.ret_sampling(max_new_tokens, 0.0)
+    grid = base.grid
+
+    @jax.jit
+    def embed(adapters: Any, rest: Any, batch: dict[str, Any]):
+        model = nnx.view(join_lora(graphdef, adapters, rest), deterministic=True)
+        lm, prompt = model.language_model, vlm_prompt(model, batch, grid)
+        completions = generate(lm, prompt, jax.random.key(0), settings, 1)
+        return ret_embeddings(lm, prompt, completions, base.ret_id, 1.0, 1)
+
+    return embed
