@@ -17,7 +17,7 @@ from jaxrank.cli.recipes import recipe_module
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
 from jaxrank.train import report
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _region_r1(name: str) -> Callable[[dict], dict[str, float]]:
