@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxrank.cli import convert, data_check, reproduce, search
+from jaxrank.cli import convert, data_check, plan, reproduce, search
 from jaxrank.cli.arguments import CONFIG_HELP, load_config
 from jaxrank.cli.recipes import recipe_module
 from jaxrank.configs import ConfigError
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_command(sub)
     data_check.add_commands(sub, config_help, load_config)
     reproduce.add_command(sub)
+    plan.add_command(sub)
     return parser
 
 

@@ -42,12 +42,34 @@ PEAK_BF16_TFLOPS = (
 )
 
 
+# device_kind prefix -> high-bandwidth memory per chip, GiB. Same sources: v4 32, v5e 16, v5p
+# 95, v6e 32; H100 SXM 80, H200 141, A100 80 (its 40 GB part reports the same device_kind).
+MEMORY_GIB = (
+    ("TPU v4", 32.0),
+    ("TPU v5 lite", 16.0),
+    ("TPU v5", 95.0),
+    ("TPU v6 lite", 32.0),
+    ("NVIDIA H100", 80.0),
+    ("NVIDIA H200", 141.0),
+    ("NVIDIA A100", 80.0),
+)
+
+
+def _lookup(table: tuple[tuple[str, float], ...], device_kind: str) -> float | None:
+    for prefix, value in table:
+        if device_kind.startswith(prefix):
+            return value
+    return None
+
+
 def peak_tflops(device_kind: str) -> float | None:
     """The table's peak for ``device_kind`` (as ``jax.devices()[0].device_kind`` names it)."""
-    for prefix, peak in PEAK_BF16_TFLOPS:
-        if device_kind.startswith(prefix):
-            return peak
-    return None
+    return _lookup(PEAK_BF16_TFLOPS, device_kind)
+
+
+def memory_gib(device_kind: str) -> float | None:
+    """The chip's memory in GiB for ``device_kind``, from ``MEMORY_GIB``."""
+    return _lookup(MEMORY_GIB, device_kind)
 
 
 def measured_peak_tflops(size: int = 2048, dtype: DTypeLike = jnp.float32, repeats: int = 5):

@@ -1,0 +1,164 @@
+"""The three jitted programs of one Region-R1 MLLM step (``mllm_step.GRPOStep``) built from
+abstract models on a mesh, with abstract arguments: nothing is allocated, so a 3B policy and a
+2M-page knowledge base compile on a laptop.
+
+- ``update``: ``train.step.make_train_step`` over ``rl.token_grpo``'s loss (per-token
+  log-probs from ``vlm.programs``), the LoRA adapters and their AdamW state donated;
+- ``sampler``: ``vlm.programs.make_sampler``, G completions per query (prefill, then the decode
+  loop over the KV cache);
+- ``judge``: ``r_grpo.make_judge``, the scorer's image tower on every crop and full image, the
+  pools' scores, rewards and advantages.
+
+The models are built inside ``jax.set_mesh`` under ``nnx.eval_shape``, so every parameter
+carries the sharding its module annotates, as ``models.hf``'s loaders place them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxrank import parallel
+from jaxrank.models.dual_encoder import DualEncoder
+from jaxrank.models.inputs import EncoderInputs
+from jaxrank.models.lora import apply_lora, split_lora
+from jaxrank.models.vlm import VisionLanguageModel
+from jaxrank.perf.memory import tree_bytes
+from jaxrank.perf.plan import abstract, rows
+from jaxrank.region_r1 import r_grpo
+from jaxrank.region_r1.plan_setting import Setting
+from jaxrank.rl.sampler import SamplingSettings
+from jaxrank.rl.token_grpo import make_token_grpo_loss
+from jaxrank.train.optim import adamw_warmup_cosine
+from jaxrank.train.step import TrainState, make_train_step
+from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
+
+Program = tuple[Callable, tuple[Any, ...]]
+EOS, PAD = 151645, 151643  # Qwen's <|im_end|> and <|endoftext|>; only their type matters here
+
+
+class Programs:
+    """The setting's models as abstract arrays on ``mesh`` and its programs at any per-device
+    batch; ``resident`` is what stays on a device between programs."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, setting: Setting, mesh: Mesh):
+        self.setting, self.mesh, self.cfg = setting, mesh, cfg
+        self.data = mesh.shape[parallel.DATA]
+        s = setting
+
+        def policy():
+            model = VisionLanguageModel(
+                s.policy, dtype=s.dtype, param_dtype=s.dtype, rngs=nnx.Rngs(0)
+            )
+            return apply_lora(model, s.lora, nnx.Rngs(params=0, dropout=1))
+
+        with jax.set_mesh(mesh):
+            graphdef, adapters, base = split_lora(nnx.eval_shape(policy))
+            scorer = nnx.eval_shape(lambda: DualEncoder(s.scorer, rngs=nnx.Rngs(0)))
+        self.graphdef = graphdef
+        self.adapters, self.base = abstract(adapters, mesh), abstract(base, mesh)
+        self.optimizer = adamw_warmup_cosine(cfg.train)
+        self.state = self._train_state()
+        scorer_graphdef, scorer_params = nnx.split(scorer, nnx.Param)
+        self.scorer_graphdef, self.scorer = scorer_graphdef, abstract(scorer_params, mesh)
+        kb_shape = (max(s.kb_rows, 1), s.scorer.embed_dim)
+        self.kb = jax.ShapeDtypeStruct(kb_shape, jnp.float32, sharding=parallel.replicated(mesh))
+
+    def _train_state(self) -> TrainState:
+        """The abstract train state on the shardings ``TrainState.create`` gives the adapters'
+        AdamW moments (read from its compiled program)."""
+        create = jax.jit(lambda params: TrainState.create(params, self.optimizer, 0))
+        with jax.set_mesh(self.mesh):
+            shardings = create.lower(self.adapters).compile().output_shardings
+        shapes = jax.eval_shape(create, self.adapters)
+        return jax.tree.map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            shapes,
+            shardings,
+        )
+
+    def resident(self) -> dict[str, int]:
+        """Bytes per device that every program finds in memory: the policy's base weights,
+        the train state (adapters, AdamW moments), the scorer and the knowledge base."""
+        return {
+            "policy_base": tree_bytes(self.base),
+            "train_state": tree_bytes(self.state),
+            "scorer": tree_bytes(self.scorer),
+            "knowledge_base": tree_bytes(self.kb),
+        }
+
+    def prompts(self, b: int) -> dict[str, jax.ShapeDtypeStruct]:
+        s, n = self.setting, self.data * b
+        length = s.prompt_length
+        return {
+            "tokens": rows(self.mesh, (n, length), jnp.int32),
+            "mask": rows(self.mesh, (n, length), jnp.bool_),
+            "positions": rows(self.mesh, (n, 3, length), jnp.int32),
+            "patches": rows(self.mesh, (n, s.patches, s.policy.vision.patch_dim), jnp.float32),
+        }
+
+    def update(self, b: int) -> Program:
+        s = self.setting
+        n, completions = self.data * b, self.data * b * s.group
+        log_probs = completion_log_probs_fn(s.grid, s.group, s.temperature)
+        loss = make_token_grpo_loss(self.graphdef, log_probs, r_grpo.grpo_config(self.cfg).grpo)
+        batch = dict(
+            self.prompts(b),
+            completion=rows(self.mesh, (completions, s.new_tokens), jnp.int32),
+            completion_mask=rows(self.mesh, (completions, s.new_tokens), jnp.bool_),
+            old_log_probs=rows(self.mesh, (completions, s.new_tokens), jnp.float32),
+            advantages=rows(self.mesh, (n, s.group), jnp.float32),
+        )
+        step = jax.jit(make_train_step(loss, self.optimizer), donate_argnums=0)
+        return step, (self.state, batch, self.base)
+
+    def sampler(self, b: int) -> Program:
+        s = self.setting
+        settings = SamplingSettings(s.new_tokens, s.temperature, stop_tokens=(EOS,), pad_id=PAD)
+        sample = make_sampler(self.graphdef, settings, s.group, s.grid)
+        key = jax.ShapeDtypeStruct(
+            (), jax.random.key(0).dtype, sharding=parallel.replicated(self.mesh)
+        )
+        forced = rows(self.mesh, (self.data * b * s.group, 1), jnp.int32)
+        return sample, (self.adapters, self.base, self.prompts(b), key, forced)
+
+    def judge(self, b: int) -> Program:
+        s, n = self.setting, self.data * b
+        size = s.scorer.vision.image_size
+        inputs = EncoderInputs(size, (0.5,) * 3, (0.5,) * 3, tokenize=None)  # shapes only
+        graphdef = self.scorer_graphdef
+
+        def embed(params, pixels):
+            return nnx.merge(graphdef, params).encode_image(inputs.normalize(pixels))
+
+        judge = jax.jit(r_grpo.make_judge(embed, r_grpo.grpo_config(self.cfg), size))
+        batch = {
+            "images": rows(self.mesh, (n, s.image_size, s.image_size, 3), jnp.uint8),
+            "pool_ids": rows(self.mesh, (n, s.pool), jnp.int32),
+            "labels": rows(self.mesh, (n, s.pool), jnp.float32),
+            "pool_valid": rows(self.mesh, (n, s.pool), jnp.bool_),
+            "boxes": rows(self.mesh, (n, 4), jnp.float32),
+        }
+        decision = rows(self.mesh, (n, s.group), jnp.int32)
+        boxes = rows(self.mesh, (n, s.group, 4), jnp.float32)
+        frozen = {"kb": self.kb, "scorer": self.scorer, "base": self.base}
+        return judge, (decision, boxes, batch, frozen)
+
+    def program(self, name: str, b: int) -> Program:
+        return {"update": self.update, "sampler": self.sampler, "judge": self.judge}[name](b)
+
+    def persistent_arguments(self, name: str) -> dict[str, int]:
+        """The resident trees ``name`` reads, bytes per device (the judge reads the scorer's
+        image tower only; XLA drops the unused text tower from its arguments)."""
+        if name == "update":
+            return {"policy_base": tree_bytes(self.base), "train_state": tree_bytes(self.state)}
+        if name == "sampler":
+            return {"policy_base": tree_bytes(self.base), "adapters": tree_bytes(self.adapters)}
+        image = {k: v for k, v in self.scorer.items() if k != "text"}
+        return {"scorer_image_tower": tree_bytes(image), "knowledge_base": tree_bytes(self.kb)}

@@ -1,0 +1,213 @@
+"""Region-R1's published setting (the MLLM recipe's config) as sizes, and the analytic memory
+model of its three programs per device (``perf/memory.py``'s terms): the token-level r-GRPO
+update, the sampler, and the scorer's judge.
+
+Two facts of the code shape the model (both measured in XLA's buffers, docs/SCALING.md):
+- the policy's vision tower runs on every query of the *global* batch on every device (its
+  attention groups are gathers by constant indices over all images, which the partitioner does
+  not split over ``data``), so its terms grow with ``data`` devices, not only the per-chip batch;
+- the knowledge base's embeddings are replicated on every device (``mllm_recipe``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import ml_collections
+
+from jaxrank.models.dual_encoder import DualEncoderConfig
+from jaxrank.models.hf.published import at_depth, dual_encoder_preset, vlm_preset
+from jaxrank.models.hf.qwen_vl_processor import smart_resize
+from jaxrank.models.lora import LoRAConfig
+from jaxrank.models.vlm import VLMConfig
+from jaxrank.perf import memory
+from jaxrank.perf.memory import Estimate, Layer
+from jaxrank.region_r1 import crop_tool
+from jaxrank.vlm.base import VLMBase
+
+# Knowledge-base pages (DATA_FORMATS.md §1: E-VQA's about 2M, EchoSight's InfoSeek 100K).
+KB_ROWS = {"evqa": 2_000_000, "infoseek": 100_000}
+# Prompt text beside the image tokens: the paper's system prompt at ~4 characters a token, plus
+# the question and the chat template's markers.
+TEXT_TOKENS = math.ceil(len(crop_tool.SYSTEM_PROMPT) / 4) + 64
+PROMPT_BUCKETS = VLMBase.__dataclass_fields__["prompt_lengths"].default
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What the planner builds: the policy and scorer architectures and the step's shapes."""
+
+    policy: VLMConfig
+    scorer: DualEncoderConfig
+    lora: LoRAConfig
+    dtype: jnp.dtype  # the policy's parameters and compute
+    group: int
+    prompt_length: int  # the left-padding bucket of image tokens + TEXT_TOKENS
+    new_tokens: int
+    grid: tuple[int, int, int]
+    image_size: int  # the query images' square side
+    pool: int
+    kb_rows: int
+    batch: int  # queries per step, all devices
+    temperature: float
+
+    @property
+    def slots(self) -> int:
+        return self.prompt_length + self.new_tokens
+
+    @property
+    def patches(self) -> int:
+        return math.prod(self.grid)
+
+
+def read_setting(
+    cfg: ml_collections.ConfigDict, depth: int | None = None, dtype: str | None = None
+) -> Setting:
+    """The setting of a Region-R1 MLLM config; ``depth`` builds every tower that many layers
+    deep (real widths), ``dtype`` overrides the policy's and the scorer's compute dtype."""
+    dtype = jnp.dtype(dtype or cfg.policy.dtype)
+    policy = vlm_preset(cfg.policy.checkpoint)
+    scorer = dual_encoder_preset(
+        cfg.scorer_checkpoint, dtype if cfg.get("scorer_dtype") else jnp.float32, jnp.float32
+    )
+    if depth is not None:
+        policy, scorer = at_depth(policy, depth), at_depth(scorer, depth)
+    side = cfg.policy.image_size
+    height, width = smart_resize(side, side)
+    patch = policy.vision.patch_size
+    grid = (1, height // patch, width // patch)
+    image_tokens = math.prod(grid) // policy.vision.spatial_merge_size**2
+    needed = image_tokens + TEXT_TOKENS
+    lora = cfg.lora.to_dict()
+    lora["targets"] = (
+        lora["targets"] if isinstance(lora["targets"], str) else tuple(lora["targets"])
+    )
+    return Setting(
+        policy=policy,
+        scorer=scorer,
+        lora=LoRAConfig(**lora),
+        dtype=dtype,
+        group=cfg.rl.num_generations,
+        prompt_length=next((b for b in PROMPT_BUCKETS if b >= needed), needed),
+        new_tokens=cfg.policy.max_new_tokens,
+        grid=grid,
+        image_size=cfg.data.image_size,
+        pool=cfg.data.pool_size,
+        kb_rows=KB_ROWS.get(cfg.data.get("benchmark", ""), 0),
+        batch=cfg.train.batch_size,
+        temperature=float(cfg.policy.get("temperature", 1.0)),
+    )
+
+
+def _decoder_layer(s: Setting) -> Layer:
+    lm = s.policy.lm
+    return Layer(lm.width, lm.heads * lm.dim_per_head, lm.mlp_dim, lm.heads, gated=True)
+
+
+def _vision_layer(s: Setting) -> Layer:
+    v = s.policy.vision
+    return Layer(v.width, v.width, v.mlp_dim, v.heads, gated=v.variant == "qwen2_5_vl")
+
+
+def _vision_triples(s: Setting, images: int) -> list[float]:
+    """(query, key, head) triples of each vision block over ``images`` images: a whole image
+    in full-attention blocks, one window's tokens in the others."""
+    v, n = s.policy.vision, s.patches
+    window = n if v.window_size is None else (v.window_units * v.spatial_merge_size) ** 2
+    full = set(v.fullatt_block_indexes) if v.window_size is not None else set(range(v.depth))
+    return [images * n * (n if i in full else min(window, n)) * v.heads for i in range(v.depth)]
+
+
+def _scorer_layer(s: Setting) -> tuple[Layer, int]:
+    v = s.scorer.vision
+    tokens = (v.image_size // v.patch_size) ** 2 + int(v.class_token)
+    return Layer(v.width, v.width, v.mlp_dim, v.heads, gated=False), tokens
+
+
+def _kv(s: Setting, rows: int) -> float:
+    lm = s.policy.lm
+    itemsize = s.dtype.itemsize
+    return memory.kv_cache_bytes(lm.depth, rows, s.slots, lm.kv_heads, lm.dim_per_head, itemsize)
+
+
+def update_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[str, float]:
+    """The r-GRPO update's temporaries for ``b`` queries per device on a ``data`` x ``model``
+    mesh: the policy's saved activations (prompt once, the G completions over its repeated
+    cache), the vision tower's (global batch), the KV caches it reads back, and the logits (the
+    policy's float32 logits kept for the backward, their gradient, the reference's, and the
+    log-softmax's exponentials; plus the compute-dtype matmul outputs when that is narrower).
+    ``model`` > 1 divides the head- and MLP-split terms, not the replicated vocabulary."""
+    e, lm = s.dtype.itemsize, s.policy.lm
+    rows = b * s.group
+    tokens = b * s.prompt_length + rows * s.new_tokens
+    triples = tokens * s.slots * lm.heads
+    layer = memory.saved_activation_bytes(_decoder_layer(s), tokens, triples, e)
+    vision = _vision_layer(s)
+    images_tokens = b * data * s.patches
+    vision_saved = sum(
+        memory.saved_activation_bytes(vision, images_tokens, t, e)
+        for t in _vision_triples(s, b * data)
+    )
+    completion = rows * s.new_tokens
+    logits = memory.logits_bytes(completion, lm.vocab_size, copies=4)
+    if e < memory.FLOAT32:
+        logits += 2 * completion * lm.vocab_size * e
+    return {
+        "decoder_activations": lm.depth * layer / model,
+        "kv_caches": _kv(s, rows + b) / model,
+        "vision_activations": vision_saved / model,
+        "logits": logits,
+    }
+
+
+def sampler_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[str, float]:
+    """The sampler's temporaries: the prompt's KV cache and its G-fold repeat (both live while
+    it is copied), the widest live layer (a prefill layer over the prompts, or a vision block
+    over the global batch's images) and one decode step's float32 logits."""
+    e, lm = s.dtype.itemsize, s.policy.lm
+    rows = b * s.group
+    prompt_tokens = b * s.prompt_length
+    prefill = memory.live_layer_bytes(
+        _decoder_layer(s), prompt_tokens, prompt_tokens * s.slots * lm.heads, e
+    )
+    images = b * data
+    vision = max(
+        memory.live_layer_bytes(_vision_layer(s), images * s.patches, t, e)
+        for t in _vision_triples(s, images)
+    )
+    return {
+        "kv_cache": _kv(s, rows + b) / model,
+        "widest_layer": max(prefill, vision) / model,
+        "decode_logits": memory.logits_bytes(rows, lm.vocab_size, copies=3),
+    }
+
+
+def judge_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
+    """The judge's temporaries: the G crops and the full image resized to the scorer's input
+    in float32 (and the query images tiled G times), and the scorer's widest layer over the
+    crops."""
+    layer, tokens = _scorer_layer(s)
+    side = s.scorer.vision.image_size
+    crops = b * (s.group + 1) * side * side * 3 * memory.FLOAT32
+    tiled = b * s.group * s.image_size**2 * 3 * memory.FLOAT32
+    images = b * s.group
+    widest = memory.live_layer_bytes(
+        layer, images * tokens, images * tokens * tokens * layer.heads, s.scorer.dtype.itemsize
+    )
+    return {"crops": crops + tiled, "widest_layer": widest / model}
+
+
+def estimate(
+    s: Setting, program: str, b: int, data: int, arguments: dict[str, float], model: int = 1
+) -> Estimate:
+    """The analytic ``Estimate`` of ``program`` ("update", "sampler" or "judge") with its
+    ``arguments`` bytes per device (exact, from the abstract arrays)."""
+    if program == "update":
+        temporaries = update_temporaries(s, b, data, model)
+    elif program == "sampler":
+        temporaries = sampler_temporaries(s, b, data, model)
+    else:
+        temporaries = judge_temporaries(s, b, model)
+    return Estimate(arguments, temporaries)
