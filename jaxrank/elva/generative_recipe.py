@@ -28,12 +28,13 @@ import numpy as np
 from flax import nnx
 
 from jaxrank import parallel
+from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
 from jaxrank.data.multigrain import QUERY_SETS, TASKS, MultiGrain
 from jaxrank.elva import evaluation, generative_embedding
 from jaxrank.elva.encoders import benchmark
 from jaxrank.elva.negatives import mine
-from jaxrank.elva.ret_contrastive import ret_contrastive_loss
+from jaxrank.elva.ret_contrastive import own_summaries, ret_contrastive_loss
 from jaxrank.elva.ret_embedder import BASE_DIR, RetEmbedderBase, build_embedder, make_embed
 from jaxrank.elva.ret_rows import (
     CANDIDATE_INSTRUCTIONS,
@@ -48,7 +49,7 @@ from jaxrank.elva.ret_rows import (
 from jaxrank.elva.reward import ELVARewardConfig
 from jaxrank.models.lora import join_lora, merge_lora
 from jaxrank.rl.grpo import GRPOConfig
-from jaxrank.train.stage import Stage, supervised
+from jaxrank.train.stage import Stage, with_rollout
 from jaxrank.train.workdir import prepare_workdir
 from jaxrank.vlm.finetune import with_adapters
 from jaxrank.vlm.programs import vlm_prompt
@@ -94,15 +95,13 @@ def _corpus(rows: BenchmarkRows) -> list[str]:
 
 
 def setup(cfg: ml_collections.ConfigDict, workdir: Path):
-    """The mesh, the benchmark and its rows, the embedder, and its LoRA split."""
+    """The mesh, the benchmark and its rows, the embedder, and its base ``(graphdef, params)``."""
     mesh = parallel.mesh_from_config(cfg.mesh)
     parallel.require_divisible_batches(cfg, ("train", "contrastive", "eval"), mesh)
     bench = benchmark(cfg)
     rows = BenchmarkRows(bench)
     base = build_embedder(cfg.embedder, workdir / BASE_DIR, _corpus(rows), cfg.seed, mesh)
-    graphdef, params = nnx.split(base.model, nnx.Param)
-    graphdef, adapters, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
-    return mesh, bench, rows, Embedder(cfg, base, mesh), (graphdef, adapters, rest)
+    return mesh, bench, rows, Embedder(cfg, base, mesh), nnx.split(base.model, nnx.Param)
 
 
 # -- contrastive stage ----------------------------------------------------------------------
@@ -142,36 +141,43 @@ def contrastive_batch(bench: MultiGrain, rows: BenchmarkRows, embedder: Embedder
     return place
 
 
-def contrastive_stage(cfg, workdir: Path, bench, rows, embedder: Embedder, model) -> Any:
-    """The contrastive stage's adapters, trained (or resumed) in ``<workdir>/contrastive``."""
-    graphdef, adapters, rest = model
+def contrastive_stage(cfg, workdir: Path, bench, rows, embedder: Embedder, model) -> tuple:
+    """The contrastive model ``(graphdef, params)``, trained (or resumed) in
+    ``<workdir>/contrastive``: LoRA adapters merged into the base (``contrastive.train``
+    "lora", the paper's), or every weight ("all": a tiny random model has no pretraining)."""
+    graphdef, params = model
     section = cfg.contrastive
+    if section.train not in ("lora", "all"):
+        raise ConfigError(f"contrastive.train={section.train!r}: expected 'lora' or 'all'")
+    adapters = section.train == "lora"
+    rest = None
+    if adapters:
+        graphdef, params, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
+    base = embedder.base
     loss = ret_contrastive_loss(
         graphdef,
-        embedder.base.grid,
-        embedder.base.ret_id,
+        base.grid,
+        base.ret_id,
         section.temperature,
         section.summary_weight,
+        adapters=adapters,
     )
-    stage = Stage(
-        section,
-        workdir / CONTRASTIVE_DIR,
-        adapters,
-        supervised(loss),
-        seed=cfg.seed,
-        mesh=embedder.mesh,
-        frozen=rest,
-    )
+    settings = base.ret_sampling(cfg.embedder.summary_tokens, section.sampling_temperature)
+    rollout = own_summaries(graphdef, base.grid, settings, base.ret_id, adapters=adapters)
+    step = with_rollout(loss, rollout, 1)
+    directory = workdir / CONTRASTIVE_DIR
+    stage = Stage(section, directory, params, step, seed=cfg.seed, mesh=embedder.mesh, frozen=rest)
     data = None if stage.finished else contrastive_indices(cfg)
-    return stage.run(data, place=contrastive_batch(bench, rows, embedder)).params
+    trained = stage.run(data, place=contrastive_batch(bench, rows, embedder)).params
+    if not adapters:
+        return graphdef, trained
+    return nnx.split(merge_lora(join_lora(graphdef, trained, rest)), nnx.Param)
 
 
-def rl_model(cfg, model, adapters) -> tuple[nnx.GraphDef, Any, Any]:
-    """The contrastive adapters merged into the base, with fresh adapters for RL (zero at the
-    start, so the policy starts as the contrastive model, which stays the KL reference)."""
-    graphdef, _, rest = model
-    merged = merge_lora(join_lora(graphdef, adapters, rest))
-    graphdef, params = nnx.split(merged, nnx.Param)
+def rl_model(cfg, model) -> tuple[nnx.GraphDef, Any, Any]:
+    """The contrastive model with fresh LoRA adapters for RL (zero at the start, so the policy
+    starts as the contrastive model, which stays the KL reference with the adapters off)."""
+    graphdef, params = model
     return with_adapters(cfg.lora, graphdef, params, cfg.seed + 1)
 
 
@@ -246,7 +252,7 @@ class GenerativeEvaluator:
             for name in QUERY_SETS
             for task in range(len(TASKS))
         }
-        self.embed = make_embed(graphdef, embedder.base, cfg.embedder.summary_tokens + 1)
+        self.embed = make_embed(graphdef, embedder.base, cfg.embedder.summary_tokens)
 
     def __call__(self, adapters: Any, rest: Any) -> dict[str, float]:
         table, table_rate = candidate_table(self.embedder, self.embed, adapters, rest, self.rows)
@@ -280,9 +286,9 @@ def prepare(cfg, workdir: Path) -> Run:
     """The contrastive stage trained (or restored), the RL stage and the evaluator built."""
     mesh, bench, rows, embedder, model = setup(cfg, workdir)
     started = time.perf_counter()
-    adapters = contrastive_stage(cfg, workdir, bench, rows, embedder, model)
+    contrastive = contrastive_stage(cfg, workdir, bench, rows, embedder, model)
     contrastive_seconds = time.perf_counter() - started
-    graphdef, rl_adapters, rest = rl_model(cfg, model, adapters)
+    graphdef, rl_adapters, rest = rl_model(cfg, contrastive)
     step = functools.partial(rl_step, cfg, graphdef, embedder)
     stage = Stage(cfg.train, workdir, rl_adapters, step, seed=cfg.seed, mesh=mesh, frozen=rest)
     evaluator = GenerativeEvaluator(cfg, bench, rows, embedder, graphdef)

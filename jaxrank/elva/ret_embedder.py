@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
 from jaxrank.elva.generative_embedding import ret_embeddings
 from jaxrank.models.lora import join_lora
-from jaxrank.rl.sampler import SamplingSettings, generate
+from jaxrank.rl.sampler import Completions, SamplingSettings, generate
 from jaxrank.vlm.base import VLMBase, load_model_and_inputs
 from jaxrank.vlm.programs import vlm_prompt
 
@@ -105,18 +106,38 @@ def build_embedder(
     )
 
 
-def make_embed(graphdef: nnx.GraphDef, base: RetEmbedderBase, max_new_tokens: int):
-    """``embed(adapters, rest, batch) -> (unit embeddings [B, W], wrote [RET] [B])``, jitted:
-    a greedy summary, then the hidden state at its ``[RET]`` (at its last token when the
-    summary hit ``max_new_tokens`` without one)."""
-    settings = base.ret_sampling(max_new_tokens, 0.0)
+def summarise(
+    lm: Any, prompt: Any, key: jax.Array, settings: SamplingSettings, ret_id: int
+) -> Completions:
+    """A summary of at most ``settings.max_new_tokens`` tokens per prompt row, ended by
+    ``[RET]``: the model's own where it wrote one (a stop token), else appended after the cap.
+    Completions are ``[B, max_new_tokens + 1]``."""
+    out = generate(lm, prompt, key, settings, 1)
+    pad = jnp.full((out.tokens.shape[0], 1), settings.pad_id, out.tokens.dtype)
+    tokens = jnp.concatenate([out.tokens, pad], axis=1)
+    mask = jnp.concatenate([out.mask, jnp.zeros_like(pad, bool)], axis=1)
+    wrote = ((out.tokens == ret_id) & out.mask).any(axis=1)
+    at_end = jax.nn.one_hot(out.lengths, tokens.shape[1], dtype=bool) & ~wrote[:, None]
+    log_probs = jnp.concatenate([out.log_probs, jnp.zeros(pad.shape, out.log_probs.dtype)], 1)
+    return Completions(
+        jnp.where(at_end, ret_id, tokens), log_probs, mask | at_end, out.lengths + ~wrote
+    )
+
+
+def make_embed(graphdef: nnx.GraphDef, base: RetEmbedderBase, summary_tokens: int):
+    """``embed(params, rest, batch) -> (unit embeddings [B, W], wrote [RET] itself [B])``,
+    jitted: a greedy ``summarise``, then the hidden state at its ``[RET]``. ``params`` are
+    LoRA adapters over ``rest``."""
+    settings = base.ret_sampling(summary_tokens, 0.0)
     grid = base.grid
 
     @jax.jit
     def embed(adapters: Any, rest: Any, batch: dict[str, Any]):
         model = nnx.view(join_lora(graphdef, adapters, rest), deterministic=True)
         lm, prompt = model.language_model, vlm_prompt(model, batch, grid)
-        completions = generate(lm, prompt, jax.random.key(0), settings, 1)
-        return ret_embeddings(lm, prompt, completions, base.ret_id, 1.0, 1)
+        completions = summarise(lm, prompt, jax.random.key(0), settings, base.ret_id)
+        embedded, _ = ret_embeddings(lm, prompt, completions, base.ret_id, 1.0, 1)
+        wrote = completions.lengths <= summary_tokens
+        return embedded, wrote
 
     return embed

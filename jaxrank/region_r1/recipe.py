@@ -32,7 +32,7 @@ from jaxrank.region_r1.r_grpo import grpo_config
 from jaxrank.region_r1.scorer import Scorer, query_set
 from jaxrank.train.checkpoint import Checkpointer
 from jaxrank.train.optim import adamw_warmup_cosine
-from jaxrank.train.stage import Stage, reinforced, supervised
+from jaxrank.train.stage import Stage, supervised, with_rollout
 from jaxrank.train.step import make_train_step
 from jaxrank.train.workdir import prepare_workdir
 
@@ -126,7 +126,7 @@ def make_step(cfg, graphdef, scorer: Scorer, optimizer):
     """The un-jitted r-GRPO step (rollout, then ``rl.updates_per_batch`` updates)."""
     policy, rl = policy_fn(graphdef, cfg.policy.image_size), grpo_config(cfg)
     rollout = r_grpo.make_rollout(policy, scorer.embed, rl, cfg.policy.num_bins, scorer.input_size)
-    return reinforced(r_grpo.make_loss(policy, rl), rollout, rl.grpo.updates_per_batch)(optimizer)
+    return with_rollout(r_grpo.make_loss(policy, rl), rollout, rl.grpo.updates_per_batch)(optimizer)
 
 
 def rl_stage(cfg, workdir: Path, graphdef, params, scorer: Scorer, frozen, mesh) -> Stage:

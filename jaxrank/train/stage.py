@@ -33,10 +33,11 @@ def supervised(loss_fn: LossFn) -> Callable[[optax.GradientTransformation], Step
     return lambda optimizer: make_train_step(loss_fn, optimizer)
 
 
-def reinforced(
+def with_rollout(
     loss_fn: LossFn, rollout: RolloutFn, updates_per_batch: int
 ) -> Callable[[optax.GradientTransformation], StepFn]:
-    """The step of an RL loss: one rollout with the pre-update parameters, then
+    """The step of a loss over what a rollout produced: one rollout with the pre-update
+    parameters (RL's sampling and rewards, or any on-policy generation), then
     ``updates_per_batch`` updates on its output, in one program."""
     return lambda optimizer: make_train_step(
         loss_fn, optimizer, rollout=rollout, updates_per_batch=updates_per_batch
@@ -46,7 +47,7 @@ def reinforced(
 class Stage:
     """A resumable training stage in ``directory``.
 
-    ``step(optimizer)`` gives the un-jitted step (``supervised`` / ``reinforced``), which the
+    ``step(optimizer)`` gives the un-jitted step (``supervised`` / ``with_rollout``), which the
     stage jits with the state's shardings; a host-driven step (``host_driven=True``) jits its own
     parts and is called as is. ``frozen`` is what the step reads but never updates.
     """

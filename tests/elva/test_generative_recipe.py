@@ -29,6 +29,7 @@ from jaxrank.elva.ret_rows import IMAGE, TEXT
 from jaxrank.models.lm_scoring import completion_log_probs, hidden_at_token
 from jaxrank.models.lora import join_lora
 from jaxrank.vlm.base import load_model_and_inputs
+from jaxrank.vlm.finetune import with_adapters
 from jaxrank.vlm.programs import vlm_prompt
 
 CONFIG = CONFIGS / "elva" / "generative_synthetic.py"
@@ -56,8 +57,8 @@ def tiny_config(*extra: str):
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
     cfg = tiny_config("contrastive.batch_size=8", "train.batch_size=8", "eval.batch_size=8")
-    _, bench, rows, embedder, model = setup(cfg, tmp_path_factory.mktemp("embedder"))
-    return cfg, bench, rows, embedder, model
+    _, bench, rows, embedder, (graphdef, params) = setup(cfg, tmp_path_factory.mktemp("embedder"))
+    return cfg, bench, rows, embedder, with_adapters(cfg.lora, graphdef, params, cfg.seed)
 
 
 def _hidden_at_ret(embedder, model, host):
@@ -113,6 +114,8 @@ def test_contrastive_loss_is_infonce_plus_summary_nll(embedder):
     host = base.prompts(pairs["instructions"], pairs["texts"], pairs["images"], pairs["has_image"])
     host.update(base.answers(pairs["summaries"], 5))
     host["entity"] = pairs["entity"]
+    # The model's own summaries: here the reference ones, so both passes read the same rows.
+    host["summary"], host["summary_mask"] = host["completion"], host["completion_mask"]
     graphdef, adapters, rest = model
     tau, weight = 0.1, 0.5
     loss_fn = ret_contrastive_loss(graphdef, base.grid, base.ret_id, tau, weight)
