@@ -58,7 +58,7 @@ CONTRASTIVE_DIR = "contrastive"
 
 
 class Embedder:
-    """The embedder's base and LoRA layout, and what turns rows into prompt batches."""
+    """The embedder's base, and what turns rows into prompt batches on the mesh."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, base: RetEmbedderBase, mesh):
         self.cfg, self.base, self.mesh = cfg, base, mesh
