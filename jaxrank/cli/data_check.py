@@ -188,8 +188,10 @@ def _mbeir(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> No
         _weights(check, "embedder checkpoint", cfg.embedder.checkpoint)
     if not check.need("M-BEIR", root, SOURCES["mbeir"]):
         return
+    splits = dict.fromkeys((split, cfg.data.get("train_split", split)))
     files = [
-        (f"{d} task {t} {kind}", fn(root, d, t, split))
+        (f"{d} task {t} {kind} ({s})", fn(root, d, t, s))
+        for s in splits
         for d, t in mbeir.EVAL_PAIRS
         for kind, fn in (
             ("queries", mbeir.query_path),

@@ -1,16 +1,18 @@
-"""ELVA as published (PAPERS.md §2) on the multi-grain benchmark: a vision-language model that
-summarises its input and writes ``[RET]``, whose hidden state there is the embedding.
+"""ELVA as published (PAPERS.md §2): a vision-language model that summarises its input and
+writes ``[RET]``, whose hidden state there is the embedding; on the multi-grain synthetic
+benchmark (``multigrain_source``) or on M-BEIR's released files (``mbeir_source``,
+``data.benchmark="mbeir"``).
 
 embedder base (a Qwen2-VL checkpoint, or a random tiny one for CPU runs; ``[RET]`` added) ->
-contrastive stage: LoRA on the language model, the vision tower frozen, InfoNCE on the
-``[RET]`` states of queries and positives embedded by the same model, each teacher-forced
-through its summary (``ret_contrastive``) -> the adapters merged into the base, fresh ones for
-RL, so the KL reference (adapters off) is the contrastive model -> negatives mined with the
-sharded search over the embedder's own knowledge-base embeddings (filtered hard + random) ->
-RL stage: G sampled summaries per input, ELVA's reward per rollout, GRPO with token-level
-clipped loss and k3 KL, one jitted step (``generative_embedding.make_step``) -> Recall@K on the
-standard and multi-grain sets and grain sensitivity every ``train.eval_every`` steps, embedded
-with greedy summaries.
+contrastive stage: InfoNCE on the ``[RET]`` states of queries and positives embedded by the
+same model, each read after the model's own summary (``ret_contrastive``), LoRA on the
+language model with the vision tower frozen (or every weight of the tiny model) -> the
+contrastive model with fresh adapters for RL, so the KL reference (adapters off) is the
+contrastive model -> negatives mined with the sharded search over the embedder's own
+embeddings of each query's candidate set (filtered hard + random) -> RL stage: G sampled
+summaries per input, ELVA's reward per rollout, GRPO with token-level clipped loss and k3 KL,
+one jitted step (``generative_embedding.make_step``) -> the source's Recall@K every
+``train.eval_every`` steps, embedded after greedy summaries.
 """
 
 from __future__ import annotations
@@ -30,22 +32,13 @@ from flax import nnx
 from jaxrank import parallel
 from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
-from jaxrank.data.multigrain import QUERY_SETS, TASKS, MultiGrain
 from jaxrank.elva import evaluation, generative_embedding
-from jaxrank.elva.encoders import benchmark
-from jaxrank.elva.negatives import mine
+from jaxrank.elva.mbeir_source import MBEIRSource
+from jaxrank.elva.multigrain_source import MultiGrainSource
+from jaxrank.elva.negatives import mine_grouped
 from jaxrank.elva.ret_contrastive import own_summaries, ret_contrastive_loss
 from jaxrank.elva.ret_embedder import BASE_DIR, RetEmbedderBase, build_embedder, make_embed
-from jaxrank.elva.ret_rows import (
-    CANDIDATE_INSTRUCTIONS,
-    IMAGE,
-    INSTRUCTIONS,
-    TEXT,
-    BenchmarkRows,
-    candidate_modality,
-    concat_rows,
-    take_rows,
-)
+from jaxrank.elva.ret_rows import concat_rows, take_rows
 from jaxrank.elva.reward import ELVARewardConfig
 from jaxrank.models.lora import join_lora, merge_lora
 from jaxrank.rl.grpo import GRPOConfig
@@ -89,19 +82,24 @@ class Embedder:
         return np.concatenate(out), float(np.concatenate(found).mean())
 
 
-def _corpus(rows: BenchmarkRows) -> list[str]:
-    """Texts the tiny tokenizer is trained on: descriptions and instructions."""
-    return [*rows.kb_texts, *INSTRUCTIONS.values(), *CANDIDATE_INSTRUCTIONS]
+SOURCES = {"synthetic": MultiGrainSource, "mbeir": MBEIRSource}
+
+
+def make_source(cfg: ml_collections.ConfigDict) -> MultiGrainSource | MBEIRSource:
+    """The benchmark of ``data.benchmark``: the multi-grain synthetic one (default) or M-BEIR."""
+    name = cfg.get("data", {}).get("benchmark", "synthetic")
+    if name not in SOURCES:
+        raise ConfigError(f"data.benchmark={name!r}: expected one of {sorted(SOURCES)}")
+    return SOURCES[name](cfg)
 
 
 def setup(cfg: ml_collections.ConfigDict, workdir: Path):
-    """The mesh, the benchmark and its rows, the embedder, and its base ``(graphdef, params)``."""
+    """The mesh, the benchmark, the embedder, and its base ``(graphdef, params)``."""
     mesh = parallel.mesh_from_config(cfg.mesh)
     parallel.require_divisible_batches(cfg, ("train", "contrastive", "eval"), mesh)
-    bench = benchmark(cfg)
-    rows = BenchmarkRows(bench)
-    base = build_embedder(cfg.embedder, workdir / BASE_DIR, _corpus(rows), cfg.seed, mesh)
-    return mesh, bench, rows, Embedder(cfg, base, mesh), nnx.split(base.model, nnx.Param)
+    source = make_source(cfg)
+    base = build_embedder(cfg.embedder, workdir / BASE_DIR, source.corpus(), cfg.seed, mesh)
+    return mesh, source, Embedder(cfg, base, mesh), nnx.split(base.model, nnx.Param)
 
 
 # -- contrastive stage ----------------------------------------------------------------------
@@ -115,33 +113,12 @@ def contrastive_indices(cfg: ml_collections.ConfigDict) -> grain.IterDataset:
     return ds.map(lambda i: {"index": np.int64(i)}).batch(per_process).to_iter_dataset()
 
 
-def contrastive_batch(bench: MultiGrain, rows: BenchmarkRows, embedder: Embedder):
+def contrastive_batch(source, embedder: Embedder):
     """``place(batch of indices)``: each query and its positive as interleaved prompt rows."""
-
-    def place(batch):
-        index = batch["index"]
-        queries = [
-            bench.query("train", int(i % len(TASKS)), "standard", int(i // len(TASKS)))
-            for i in index
-        ]
-        q = rows.queries(
-            {
-                "images": np.stack([x["image"] for x in queries]),
-                "texts": [x["text"] for x in queries],
-                "entity": np.array([x["entity"] for x in queries]),
-                "task": np.asarray(index % len(TASKS)),
-            }
-        )
-        positives = rows.candidates(q["entity"], candidate_modality(index % len(TASKS)))
-        b = len(index)
-        pairs = concat_rows([q, positives])
-        interleaved = take_rows(pairs, np.arange(2 * b).reshape(2, b).T.reshape(-1))
-        return embedder.batch(interleaved, teacher_forced=True)
-
-    return place
+    return lambda batch: embedder.batch(source.contrastive_rows(batch["index"]), True)
 
 
-def contrastive_stage(cfg, workdir: Path, bench, rows, embedder: Embedder, model) -> tuple:
+def contrastive_stage(cfg, workdir: Path, source, embedder: Embedder, model) -> tuple:
     """The contrastive model ``(graphdef, params)``, trained (or resumed) in
     ``<workdir>/contrastive``: LoRA adapters merged into the base (``contrastive.train``
     "lora", the paper's), or every weight ("all": a tiny random model has no pretraining)."""
@@ -168,7 +145,7 @@ def contrastive_stage(cfg, workdir: Path, bench, rows, embedder: Embedder, model
     directory = workdir / CONTRASTIVE_DIR
     stage = Stage(section, directory, params, step, seed=cfg.seed, mesh=embedder.mesh, frozen=rest)
     data = None if stage.finished else contrastive_indices(cfg)
-    trained = stage.run(data, place=contrastive_batch(bench, rows, embedder)).params
+    trained = stage.run(data, place=contrastive_batch(source, embedder)).params
     if not adapters:
         return graphdef, trained
     return nnx.split(merge_lora(join_lora(graphdef, trained, rest)), nnx.Param)
@@ -184,39 +161,24 @@ def rl_model(cfg, model) -> tuple[nnx.GraphDef, Any, Any]:
 # -- RL stage -------------------------------------------------------------------------------
 
 
-def rl_instances(bench: MultiGrain, rows: BenchmarkRows, cfg) -> tuple[dict, np.ndarray]:
-    """The RL set: ``rl_data.queries_per_task`` training queries of each task, as rows, and
-    their tasks."""
-    n = cfg.rl_data.queries_per_task
-    parts = [rows.queries(bench.queries("train", t, "standard", n)) for t in range(len(TASKS))]
-    return concat_rows(parts), np.repeat(np.arange(len(TASKS), dtype=np.int32), n)
-
-
-def candidate_table(embedder: Embedder, embed, adapters, rest, rows: BenchmarkRows):
-    """``([2, N, W] image and text embeddings of the knowledge base, [RET] rate)``."""
-    entities = np.arange(len(rows.kb_texts))
-    tables, rates = [], []
-    for modality in (IMAGE, TEXT):
-        emb, rate = embedder.embed_rows(embed, adapters, rest, rows.candidates(entities, modality))
-        tables.append(emb)
-        rates.append(rate)
-    return np.stack(tables), float(np.mean(rates))
-
-
-def rl_batch(instances: dict, task: np.ndarray, negatives: np.ndarray, rows, embedder: Embedder):
-    """``place(batch of instance ids)``: per instance its query, positive and negatives as
-    consecutive prompt rows (the rollout's pool)."""
+def rl_data(cfg, source, embedder: Embedder, embed, adapters, rest):
+    """The RL set's batches of instance ids and the function that turns one into prompt rows:
+    per instance its query, positive and negatives, consecutive (the rollout's pool). The
+    negatives are mined with the contrastive model's embeddings of the query and its set."""
+    rl = source.rl_set()
+    queries, _ = embedder.embed_rows(embed, adapters, rest, rl.queries)
+    tables = [embedder.embed_rows(embed, adapters, rest, rows)[0] for rows in rl.sets]
+    negatives = mine_grouped(rl.group, rl.positive, queries, tables, cfg, embedder.mesh)
 
     def place(batch):
         parts = []
         for r in batch["row"]:
-            modality = candidate_modality(task[r])
-            pool = np.concatenate([[instances["entity"][r]], negatives[r]])
-            parts += [take_rows(instances, np.array([r])), rows.candidates(pool, modality)]
-        joined = concat_rows(parts)
-        return embedder.batch(joined, teacher_forced=False)
+            pool = np.concatenate([[rl.positive[r]], negatives[r]])
+            parts += [take_rows(rl.queries, np.array([r])), take_rows(rl.sets[rl.group[r]], pool)]
+        return embedder.batch(concat_rows(parts), teacher_forced=False)
 
-    return place
+    ids = {"row": np.arange(len(rl.group))}
+    return array_batches(ids, cfg.train.batch_size, cfg.seed), place
 
 
 def rl_step(cfg, graphdef, embedder: Embedder, optimizer):
@@ -241,29 +203,22 @@ def rl_step(cfg, graphdef, embedder: Embedder, optimizer):
 
 
 class GenerativeEvaluator:
-    """Held-out query rows built once; called with adapters, the flat metrics dict of
-    ``evaluation.multigrain_metrics`` plus ``ret_rate`` (rows that wrote ``[RET]``)."""
+    """Called with adapters: the source's metrics of embeddings after greedy summaries, plus
+    ``ret_rate`` (the rows that wrote ``[RET]`` within the cap)."""
 
-    def __init__(self, cfg, bench: MultiGrain, rows: BenchmarkRows, embedder: Embedder, graphdef):
-        self.cfg, self.bench, self.rows, self.embedder = cfg, bench, rows, embedder
-        n = cfg.eval.num_queries
-        self.sets = {
-            (name, task): rows.queries(bench.queries("test", task, name, n))
-            for name in QUERY_SETS
-            for task in range(len(TASKS))
-        }
+    def __init__(self, cfg, source, embedder: Embedder, graphdef):
+        self.source, self.embedder = source, embedder
         self.embed = make_embed(graphdef, embedder.base, cfg.embedder.summary_tokens)
 
     def __call__(self, adapters: Any, rest: Any) -> dict[str, float]:
-        table, table_rate = candidate_table(self.embedder, self.embed, adapters, rest, self.rows)
-        embedded, rates = {}, [table_rate]
-        for key, set_rows in self.sets.items():
-            emb, rate = self.embedder.embed_rows(self.embed, adapters, rest, set_rows)
-            embedded[key] = (emb, set_rows["entity"])
+        rates = []
+
+        def embed(rows):
+            embedded, rate = self.embedder.embed_rows(self.embed, adapters, rest, rows)
             rates.append(rate)
-        metrics = evaluation.multigrain_metrics(
-            self.bench, embedded, table, tuple(self.cfg.eval.ks)
-        )
+            return embedded
+
+        metrics = self.source.evaluate(embed)
         return {**metrics, "ret_rate": float(np.mean(rates))}
 
 
@@ -273,8 +228,7 @@ class GenerativeEvaluator:
 class Run(NamedTuple):
     """What both entry points need: the contrastive stage done, the RL stage built."""
 
-    bench: MultiGrain
-    rows: BenchmarkRows
+    source: MultiGrainSource | MBEIRSource
     embedder: Embedder
     rest: Any  # the merged base the RL adapters sit on (and the KL reference)
     stage: Stage
@@ -284,15 +238,15 @@ class Run(NamedTuple):
 
 def prepare(cfg, workdir: Path) -> Run:
     """The contrastive stage trained (or restored), the RL stage and the evaluator built."""
-    mesh, bench, rows, embedder, model = setup(cfg, workdir)
+    mesh, source, embedder, model = setup(cfg, workdir)
     started = time.perf_counter()
-    contrastive = contrastive_stage(cfg, workdir, bench, rows, embedder, model)
+    contrastive = contrastive_stage(cfg, workdir, source, embedder, model)
     contrastive_seconds = time.perf_counter() - started
     graphdef, rl_adapters, rest = rl_model(cfg, contrastive)
     step = functools.partial(rl_step, cfg, graphdef, embedder)
     stage = Stage(cfg.train, workdir, rl_adapters, step, seed=cfg.seed, mesh=mesh, frozen=rest)
-    evaluator = GenerativeEvaluator(cfg, bench, rows, embedder, graphdef)
-    return Run(bench, rows, embedder, rest, stage, evaluator, contrastive_seconds)
+    evaluator = GenerativeEvaluator(cfg, source, embedder, graphdef)
+    return Run(source, embedder, rest, stage, evaluator, contrastive_seconds)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -300,23 +254,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     ``train.eval_every`` RL steps (step 0 is the contrastive model)."""
     workdir = prepare_workdir(workdir, cfg)
     run = prepare(cfg, workdir)
-    bench, rows, embedder, rest, stage, evaluator = run[:6]
+    source, embedder, rest, stage, evaluator = run[:5]
     curve = evaluation.Curve(workdir / "eval.jsonl")
     curve.record(0, lambda: evaluator(stage.state.params, rest))
     rl_started = time.perf_counter()
-    data = None
+    data = place = None
     if not stage.finished:
-        instances, task = rl_instances(bench, rows, cfg)
-        embed = evaluator.embed
-        queries, _ = embedder.embed_rows(embed, stage.state.params, rest, instances)
-        table, _ = candidate_table(embedder, embed, stage.state.params, rest, rows)
-        mined_for = {"task": task, "entity": instances["entity"]}
-        negatives = mine(mined_for, queries, table, cfg, embedder.mesh)
-        ids = {"row": np.arange(len(task))}
-        data = array_batches(ids, cfg.train.batch_size, cfg.seed)
-        place = rl_batch(instances, task, negatives, rows, embedder)
-    else:
-        place = None
+        adapters = stage.state.params
+        data, place = rl_data(cfg, source, embedder, evaluator.embed, adapters, rest)
     stops = sorted(
         {*range(cfg.train.eval_every, cfg.train.steps, cfg.train.eval_every), cfg.train.steps}
     )
@@ -329,7 +274,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
         "rl_seconds": time.perf_counter() - rl_started,
         "rl_steps": cfg.train.steps,
     }
-    return evaluation.write_report(workdir, cfg, curve.rows(), info)
+    return source.write_report(workdir, curve.rows(), info)
 
 
 def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -343,4 +288,4 @@ def evaluate_workdir(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dic
     curve.replace(step, run.evaluator(run.stage.restore().params, run.rest))
     previous = workdir / "report.json"
     info = json.loads(previous.read_text())["train"] if previous.exists() else {}
-    return evaluation.write_report(workdir, cfg, curve.rows(), {**info, "rl_steps": step})
+    return run.source.write_report(workdir, curve.rows(), {**info, "rl_steps": step})

@@ -77,25 +77,26 @@ def mining_config(cfg: ml_collections.ConfigDict) -> NegativeMining:
     return NegativeMining(**mining)
 
 
-def mine(
-    instances: dict[str, np.ndarray],
+def mine_grouped(
+    group: np.ndarray,
+    positives: np.ndarray,
     queries: np.ndarray,
-    table: np.ndarray,
+    tables: list[np.ndarray],
     cfg: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
 ) -> np.ndarray:
-    """Negative ids ``[Q, n_hard + n_random]`` of each instance, mined with the contrastive
-    model's embeddings (``queries`` [Q, D], ``table`` [2, N, D]) from the index of the
-    modality its task retrieves."""
+    """Negative ids ``[Q, n_hard + n_random]`` of each instance, rows of ``tables[group[q]]``
+    (its candidate set: a modality of the knowledge base, or one M-BEIR pool) mined with the
+    query embedding ``queries[q]`` around the positive row ``positives[q]``."""
     mining = mining_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     negatives = np.full((len(queries), mining.n_hard + mining.n_random), -1, np.int64)
-    modality = (instances["task"] == I2T).astype(int)
-    for m in (0, 1):
-        chosen = np.flatnonzero(modality == m)
-        index = Index.from_array(table[m], metric="cosine", mesh=mesh)
-        found = mine_negatives(index, queries[chosen], instances["entity"][chosen], mining, rng)
-        negatives[chosen] = found
+    for g, table in enumerate(tables):
+        chosen = np.flatnonzero(group == g)
+        if not len(chosen):
+            continue
+        index = Index.from_array(table, metric="cosine", mesh=mesh)
+        negatives[chosen] = mine_negatives(index, queries[chosen], positives[chosen], mining, rng)
     short = np.flatnonzero((negatives < 0).any(axis=1))
     if len(short):
         raise SearchError(
@@ -104,3 +105,16 @@ def mine(
             "mining.depth or the threshold"
         )
     return negatives.astype(np.int32)
+
+
+def mine(
+    instances: dict[str, np.ndarray],
+    queries: np.ndarray,
+    table: np.ndarray,
+    cfg: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> np.ndarray:
+    """``mine_grouped`` over the knowledge base's two modalities (``table`` [2, N, D], image
+    then text): each instance's negatives from the modality its task retrieves."""
+    modality = (instances["task"] == I2T).astype(int)
+    return mine_grouped(modality, instances["entity"], queries, [table[0], table[1]], cfg, mesh)

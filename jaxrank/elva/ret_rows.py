@@ -7,7 +7,8 @@ The instructions follow M-BEIR's per task (PAPERS.md §2: ``<image> <instruction
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ INSTRUCTIONS = {
 }
 CANDIDATE_INSTRUCTIONS = ("Represent the given image.", "Represent the given caption.")
 IMAGE, TEXT = 0, 1  # candidate modalities, the order of the candidate table
+Embed = Callable[[dict[str, Any]], np.ndarray]  # rows -> unit embeddings [N, D]
 
 
 class BenchmarkRows:
@@ -86,3 +88,14 @@ def take_rows(rows: dict[str, Any], index: np.ndarray) -> dict[str, Any]:
     return {
         k: v[index] if isinstance(v, np.ndarray) else [v[i] for i in index] for k, v in rows.items()
     }
+
+
+@dataclasses.dataclass
+class RLSet:
+    """The RL stage's instances: query rows, each with the candidate set (a knowledge-base
+    modality, an M-BEIR pool) its positive and negatives come from."""
+
+    queries: dict[str, Any]  # [Q] rows
+    group: np.ndarray  # [Q] index into ``sets``
+    positive: np.ndarray  # [Q] the positive's row in its set
+    sets: list[dict[str, Any]]  # each set's candidate rows

@@ -102,4 +102,4 @@ def test_infoseek_and_mbeir_list_their_files(tmp_path):
     done = _jaxrank_reproduce("elva_mbeir", "--workdir", str(tmp_path / "run"))
     assert done.returncode == 1 and "M-BEIR: /data/M-BEIR" in done.stdout
     assert "embedder checkpoint: Qwen/Qwen2-VL-7B-Instruct" in done.stdout
-    assert "does not read them yet" in done.stdout  # the ELVA recipe is not wired to M-BEIR
+    assert "MRBench (the paper's 43.2) is not released" in done.stdout

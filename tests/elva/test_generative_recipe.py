@@ -57,8 +57,9 @@ def tiny_config(*extra: str):
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
     cfg = tiny_config("contrastive.batch_size=8", "train.batch_size=8", "eval.batch_size=8")
-    _, bench, rows, embedder, (graphdef, params) = setup(cfg, tmp_path_factory.mktemp("embedder"))
-    return cfg, bench, rows, embedder, with_adapters(cfg.lora, graphdef, params, cfg.seed)
+    _, source, embedder, (graphdef, params) = setup(cfg, tmp_path_factory.mktemp("embedder"))
+    model = with_adapters(cfg.lora, graphdef, params, cfg.seed)
+    return cfg, source.bench, source.rows, embedder, model
 
 
 def _hidden_at_ret(embedder, model, host):
