@@ -77,9 +77,12 @@ def first_positive_rank(
 def recall_at_k(
     scores: jax.Array, relevance: jax.Array, k: int, valid: jax.Array | None = None
 ) -> jax.Array:
-    """Hit rate: 1 if any relevant candidate is among the top ``k``, else 0."""
+    """Hit rate: 1 if any relevant candidate is among the top ``k``, else 0 (also when ``k``
+    exceeds the pool and there is no relevant candidate: ``first_positive_rank``'s K + 1 is a
+    sentinel, not a rank)."""
     _check_cutoff(k)
-    return (first_positive_rank(scores, relevance, valid) <= k).astype(jnp.float32)
+    rank = first_positive_rank(scores, relevance, valid)
+    return ((rank <= k) & has_positive(relevance, valid)).astype(jnp.float32)
 
 
 def fraction_recall_at_k(

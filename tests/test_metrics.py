@@ -82,6 +82,8 @@ def test_queries_without_a_positive():
     np.testing.assert_allclose(metrics.reciprocal_rank(scores, relevance), [1.0, 1 / 3, 0.0])
     np.testing.assert_allclose(metrics.ndcg(scores, relevance), [1.0, 0.5, 0.0])
     np.testing.assert_allclose(metrics.recall_at_k(scores, relevance, 1), [1.0, 0.0, 0.0])
+    # k beyond the pool: rank K + 1 (no positive) is a sentinel, never a hit.
+    np.testing.assert_allclose(metrics.recall_at_k(scores, relevance, 5), [1.0, 1.0, 0.0])
     np.testing.assert_allclose(metrics.fraction_recall_at_k(scores, relevance, 3), [1, 1, 0])
     np.testing.assert_array_equal(metrics.has_positive(relevance), [True, True, False])
     # R@1 averages over all three queries (1/3); CondR@1 only over the two with a positive (1/2).

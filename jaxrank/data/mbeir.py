@@ -391,8 +391,9 @@ def read_pool(
 
 def read_qrels(path: str | Path, bad: BadRows) -> dict[str, Relevant]:
     """qid -> its task and positives. Lines with relevance <= 0 are not positives and are
-    passed over, as UniIR's ``load_qrel`` does; a qid whose lines disagree on the task, or a
-    repeated (qid, did), is a bad row."""
+    passed over, as UniIR's ``load_qrel`` does; a repeated (qid, did) is a bad row. A line
+    whose task disagrees with its qid's first line keeps its positive (the first task stands,
+    as in UniIR) and is counted under ``task_conflict``."""
     path = Path(path)
     tasks: dict[str, int] = {}
     dids: dict[str, list[str]] = {}
@@ -409,10 +410,12 @@ def read_qrels(path: str | Path, bad: BadRows) -> dict[str, Relevant]:
                 raise _Bad("bad_value", f"relevance {relevance!r}, task {task!r}")
             if int(relevance) <= 0:
                 continue
-            if tasks.setdefault(qid, int(task)) != int(task):
-                raise _Bad("bad_value", f"{qid} has task {tasks[qid]} above, {task} here")
             if did in dids.setdefault(qid, []):
                 raise _Bad("duplicate_id", f"({qid}, {did}) again")
+            if tasks.setdefault(qid, int(task)) != int(task):
+                # UniIR keeps the positive under the first line's task: so does jaxrank,
+                # counting the conflict (strict mode stops at it).
+                bad.skip(where, "task_conflict", f"{qid} has task {tasks[qid]} above, {task} here")
         except _Bad as e:
             bad.skip(where, e.reason, e.detail)
             continue

@@ -43,15 +43,20 @@ def _normalise(name: str) -> str:
     return _SPACES.sub(" ", name.strip().strip("'\"`").strip().rstrip(".").casefold())
 
 
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
 def _items(body: str) -> list[str]:
-    """The names inside the brackets: a Python list literal if it is one, else comma-split."""
+    """The names inside the brackets: a Python list literal if it is one (and did not glue
+    neighbouring strings that lack a comma into one), else the quoted names, else comma-split."""
+    quoted = [a or b for a, b in _QUOTED.findall(body)]
     try:
         value = ast.literal_eval(f"[{body}]")
-        if all(isinstance(v, str) for v in value):
+        if all(isinstance(v, str) for v in value) and len(value) >= len(quoted):
             return value
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError):
         pass
-    return [part for part in body.split(",") if part.strip()]
+    return quoted or [part for part in body.split(",") if part.strip()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +85,19 @@ def parse_ranking(text: str, candidates: Sequence[str]) -> Ranking:
     end = text.find("]", start)
     if end < 0:
         return Ranking(fallback, "truncated")
-    index = {}
+    exact: dict[str, list[int]] = {}
+    loose: dict[str, list[int]] = {}
     for i, name in enumerate(candidates):
-        index.setdefault(_normalise(name), i)
+        exact.setdefault(name.strip(), []).append(i)
+        loose.setdefault(_normalise(name), []).append(i)
     order: list[int] = []
     unknown = duplicates = 0
     for item in _items(text[start + 1 : end]):
-        found = index.get(_normalise(item))
+        # An exact name wins over a normalised one, and candidates that normalise alike stay
+        # distinct: each match takes the first of them not ranked yet.
+        matches = exact.get(item.strip()) or loose.get(_normalise(item)) or []
+        fresh = [i for i in matches if i not in order]
+        found = fresh[0] if fresh else (matches[0] if matches else None)
         if found is None:
             unknown += 1
         elif found in order:

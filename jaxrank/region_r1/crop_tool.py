@@ -176,7 +176,7 @@ def _read_call(body: str) -> tuple[Box | None, str]:
     ``arguments.bbox_2d`` (its verdict stands), else the regex over the body."""
     try:
         call = json.loads(body)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # deep nesting exhausts json's recursion
         call = None
     arguments = call.get("arguments") if isinstance(call, dict) else None
     if isinstance(arguments, dict) and "bbox_2d" in arguments:

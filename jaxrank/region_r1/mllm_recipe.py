@@ -180,8 +180,7 @@ def _benchmark(cfg) -> str:
     name = cfg.data.get("benchmark", "synthetic")
     if name != "synthetic" and name not in benchmark.BENCHMARKS:
         raise ConfigError(
-            f"data.benchmark={name!r}: expected 'synthetic' or one of "
-            f"{list(benchmark.BENCHMARKS)}"
+            f"data.benchmark={name!r}: expected 'synthetic' or one of {list(benchmark.BENCHMARKS)}"
         )
     return name
 

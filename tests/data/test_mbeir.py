@@ -210,9 +210,13 @@ def test_qrels_value_errors(tmp_path):
     path = tmp_path / "qrels.txt"
     path.write_text("9:1 0 9:2 1 3\n9:1 0 9:3 1 4\n9:1 0 9:2 1 3\n9:1 0 9:4 x 3\nq 0 9:5 1 3\n")
     bad = BadRows()
-    assert mbeir.read_qrels(path, bad) == {"9:1": mbeir.Relevant(3, ("9:2",))}
-    assert bad.report()["skipped"] == {"bad_value": 3, "duplicate_id": 1}
+    # Line 2's task disagrees: its positive is kept under the first task (UniIR's load_qrel)
+    # and the conflict counted.
+    assert mbeir.read_qrels(path, bad) == {"9:1": mbeir.Relevant(3, ("9:2", "9:3"))}
+    assert bad.report()["skipped"] == {"task_conflict": 1, "duplicate_id": 1, "bad_value": 2}
     assert _lines_of(bad.report()) == [2, 3, 4, 5]
+    with pytest.raises(DataError, match="task_conflict"):
+        mbeir.read_qrels(path, BadRows(strict=True))
 
 
 # Instructions -------------------------------------------------------------------------------

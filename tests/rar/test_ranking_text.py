@@ -73,3 +73,14 @@ def test_report_counts_outcomes_and_names():
     }
     with pytest.raises(ValueError, match="at least one candidate"):
         parse_ranking("[a]", [])
+
+
+def test_names_without_commas_and_names_that_differ_in_case():
+    """Quoted names are read however they are separated (as the released code's regex reads
+    them), an exact name wins over a normalised one, and names that normalise alike stay
+    distinct candidates."""
+    boeing, dc3 = CANDIDATES.index("Boeing 707"), CANDIDATES.index("DC-3")
+    assert parse_ranking("['Boeing 707' 'DC-3']", CANDIDATES).order[:2] == (boeing, dc3)
+    cased = ["cat", "Cat", "CAT"]
+    assert parse_ranking("['Cat', 'CAT', 'cat']", cased).order == (1, 2, 0)
+    assert parse_ranking("['cAt', 'CaT']", cased).order == (0, 1, 2)

@@ -266,3 +266,11 @@ def test_conversation_renders_through_a_qwen_chat_template():
     assert '"bbox_2d"' in crop_tool.SYSTEM_PROMPT and "NO_CROP_NEEDED" in crop_tool.SYSTEM_PROMPT
     example = crop_tool.SYSTEM_PROMPT.splitlines()[-1]
     assert parse_completion(example).outcome == "tool_call_json"
+
+
+@pytest.mark.parametrize("depth", [10_000, 200_000])
+def test_deep_nesting_never_raises(depth):
+    """Nesting deeper than the JSON decoder's recursion allows reads as malformed."""
+    for body in ("[" * depth + "]" * depth, '{"a": ' * depth + "1" + "}" * depth):
+        parsed = parse_completion(call(body))
+        assert parsed.decision == FULL and parsed.outcome == "malformed"
