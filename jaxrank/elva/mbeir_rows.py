@@ -23,6 +23,7 @@ from jaxrank.configs import ConfigError
 from jaxrank.data import mbeir
 from jaxrank.data.errors import BadRows, DataError
 from jaxrank.elva.ret_rows import Embed
+from jaxrank.search import Index
 from jaxrank.vlm.base import resize_square
 
 
@@ -33,9 +34,12 @@ class Pair:
     dataset: str
     task: int
     queries: list[mbeir.Query]
-    dids: list[str]
     pool: dict[str, mbeir.Candidate]
     qrels: dict[str, mbeir.Relevant]
+
+    def __post_init__(self) -> None:
+        self.dids = list(self.pool)
+        self.row = {did: i for i, did in enumerate(self.dids)}  # did -> its row in the pool
 
     @property
     def name(self) -> str:
@@ -93,7 +97,7 @@ class MBEIRRows:
                 queries.append(query)
         if not queries:
             raise DataError(f"M-BEIR {dataset} task {task} ({split}): no usable query")
-        return Pair(dataset, task, queries, list(pool), pool, qrels)
+        return Pair(dataset, task, queries, pool, qrels)
 
     def _image(self, record: mbeir.Query | mbeir.Candidate) -> tuple[np.ndarray, bool]:
         image = mbeir.load_image(record, self.bad)
@@ -126,22 +130,23 @@ class MBEIRRows:
 
     def positive(self, pair: Pair, query: mbeir.Query) -> int:
         """The pool row of the query's first positive that the pool holds."""
-        index = {d: i for i, d in enumerate(pair.dids)}
-        return next(index[d] for d in pair.qrels[query.qid].dids if d in index)
+        return next(pair.row[d] for d in pair.qrels[query.qid].dids if d in pair.row)
 
 
 def recall_report(rows: MBEIRRows, embed: Embed, depth: int = 50) -> dict[str, float]:
     """UniIR's Recall@K per pair against its local pool (``mbeir/{dataset}/task{t}/recall@k``
     for the pair's cut-offs), and the headline average ``mbeir/avg/recall@headline`` (R@5, R@10
-    for the two fashion sets), from cosine rankings of ``embed``'s unit embeddings."""
+    for the two fashion sets), from the sharded search's cosine ranking of ``embed``'s
+    embeddings."""
     metrics: dict[str, float] = {}
     headline = []
     for pair in rows.pairs:
         queries = embed(rows.query_rows(pair.queries))
         pool = embed(rows.candidate_rows(pair, pair.dids))
-        order = np.argsort(-(queries @ pool.T), axis=1, kind="stable")[:, :depth]
+        found = Index.from_array(pool, metric="cosine").search(queries, min(depth, len(pool)))
         ranked = {
-            q.qid: [pair.dids[i] for i in row] for q, row in zip(pair.queries, order, strict=True)
+            q.qid: [pair.dids[i] for i in row]
+            for q, row in zip(pair.queries, found.ids, strict=True)
         }
         for k in mbeir.RECALL_CUTOFFS[(pair.dataset, pair.task)]:
             by_task = mbeir.mean_recall_by_task(ranked, pair.qrels, k)

@@ -67,14 +67,8 @@ class RetEmbedderBase(VLMBase):
         return batch
 
     def answers(self, summaries: Sequence[str], length: int) -> dict[str, np.ndarray]:
-        """Teacher-forced completions ``[B, length]``: each summary (cut to ``length - 1``
-        tokens) then ``[RET]``, and their mask."""
-        rows = [[*self.token_ids(s)[: length - 1], self.ret_id] for s in summaries]
-        tokens = np.zeros((len(rows), length), np.int32)
-        mask = np.zeros((len(rows), length), bool)
-        for i, row in enumerate(rows):
-            tokens[i, : len(row)], mask[i, : len(row)] = row, True
-        return {"completion": tokens, "completion_mask": mask}
+        """Teacher-forced completions ``[B, length]``: each summary then ``[RET]``."""
+        return self.targets(summaries, length, end=self.ret_id)
 
     def ret_sampling(self, max_new_tokens: int, temperature: float) -> SamplingSettings:
         """Sampling that stops at ``[RET]`` (``temperature`` 0: greedy)."""

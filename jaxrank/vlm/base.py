@@ -190,10 +190,13 @@ class VLMBase:
             "patches": patches,
         }
 
-    def targets(self, texts: Sequence[str], length: int) -> dict[str, np.ndarray]:
-        """Completions ``[B, length]`` (each text then the end-of-turn token) and their mask."""
-        eos = self.inputs.tokenizer.eos_token_id
-        rows = [[*self.token_ids(t)[: length - 1], eos] for t in texts]
+    def targets(
+        self, texts: Sequence[str], length: int, end: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Completions ``[B, length]`` (each text cut to ``length - 1`` tokens, then ``end``,
+        by default the end-of-turn token) and their mask."""
+        end = self.inputs.tokenizer.eos_token_id if end is None else end
+        rows = [[*self.token_ids(t)[: length - 1], end] for t in texts]
         tokens = np.zeros((len(rows), length), np.int32)
         mask = np.zeros((len(rows), length), bool)
         for i, row in enumerate(rows):

@@ -2,9 +2,10 @@
 
 import json
 
+import contrastive_tiny
 import numpy as np
 import pytest
-from paths import CONFIGS
+from contrastive_tiny import CONFIG
 
 from jaxrank.cli import main as cli
 from jaxrank.configs import apply_overrides, load_config_file
@@ -13,21 +14,7 @@ from jaxrank.search import Index
 from jaxrank.train.checkpoint import Checkpointer
 from jaxrank.train.workdir import prepare_workdir
 
-CONFIG = CONFIGS / "contrastive" / "synthetic.py"
-TINY = [
-    "world.num_entities=32",
-    "model.width=32",
-    "model.depth=1",
-    "model.heads=2",
-    "model.embed_dim=16",
-    "train.steps=4",
-    "train.batch_size=16",
-    "train.warmup_steps=2",
-    "train.data_threads=1",
-    "eval.num_queries=16",
-    "eval.batch_size=16",
-    "eval.presets=('default',)",
-]
+TINY = [*contrastive_tiny.TINY, "train.steps=4"]
 OVERRIDES = [f"--config.{o}" for o in TINY]
 
 
