@@ -29,6 +29,7 @@ Writes JSON and prints a table; needs the test extras (torch, peft) and the benc
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -44,6 +45,14 @@ from bench_machine import cpu_seconds, machine_info
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
+
+# The comparison's other side: say which extras to install instead of a ModuleNotFoundError.
+_MISSING = [m for m in ("trl", "torch", "peft") if importlib.util.find_spec(m) is None]
+if _MISSING and __name__ == "__main__":
+    sys.exit(
+        f"bench_grpo.py: error: TRL's side of the comparison needs {', '.join(_MISSING)}, not "
+        "installed; install the extras with: pip install -e .[test,bench]"
+    )
 
 QUESTIONS = (
     "what is in the picture?",
