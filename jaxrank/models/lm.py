@@ -19,6 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxrank.models import layer_stack
+from jaxrank.models.layer_stack import UNROLLED, Stacking
 from jaxrank.models.sharding import (
     COLUMN_PARALLEL,
     ROW_PARALLEL,
@@ -47,6 +49,7 @@ class LMConfig:
     rope_theta: float = 1_000_000.0
     tie_embeddings: bool = False
     mrope_section: tuple[int, ...] | None = None
+    stacking: Stacking = UNROLLED
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -210,8 +213,10 @@ class KVCache:
     calls; all rows advance together (prompts are left-padded, so a row's padding is just
     slots that are never ``filled``)."""
 
-    keys: tuple[jax.Array, ...]  # per layer [B, kv_heads, head_dim, S] (transposed)
-    values: tuple[jax.Array, ...]  # per layer [B, kv_heads, S, head_dim]
+    # Per layer [B, kv_heads, head_dim, S] (transposed) and [B, kv_heads, S, head_dim]: a
+    # tuple of layers, or one array with a leading layer axis when the layers are scanned.
+    keys: tuple[jax.Array, ...] | jax.Array
+    values: tuple[jax.Array, ...] | jax.Array
     filled: jax.Array  # [B, S] bool: the slot holds a real token
     length: jax.Array  # int32 scalar: slots written so far
 
@@ -219,7 +224,10 @@ class KVCache:
     def empty(cls, config: LMConfig, batch: int, size: int, dtype: DTypeLike) -> KVCache:
         keys = (batch, config.kv_heads, config.dim_per_head, size)
         values = (batch, config.kv_heads, size, config.dim_per_head)
-        zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(config.depth))
+        if config.stacking.scan:
+            zeros = lambda shape: jnp.zeros((config.depth, *shape), dtype)
+        else:
+            zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(config.depth))
         return cls(
             zeros(keys), zeros(values), jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32)
         )
@@ -228,9 +236,11 @@ class KVCache:
         """Each row repeated ``times`` times in place (row b -> rows b*times .. b*times+times-1),
         so G samples per prompt share one prefill."""
         rep = lambda x: jnp.repeat(x, times, axis=0)
-        return KVCache(
-            tuple(map(rep, self.keys)), tuple(map(rep, self.values)), rep(self.filled), self.length
-        )
+        if isinstance(self.keys, tuple):
+            keys, values = tuple(map(rep, self.keys)), tuple(map(rep, self.values))
+        else:
+            keys, values = (jnp.repeat(x, times, axis=1) for x in (self.keys, self.values))
+        return KVCache(keys, values, rep(self.filled), self.length)
 
 
 @flax.struct.dataclass
@@ -257,8 +267,11 @@ class CausalLM(nnx.Module):
         self.embed_tokens = nnx.Embed(
             config.vocab_size, config.width, embedding_init=_INIT, **dtypes, rngs=rngs
         )
-        self.layers = nnx.List(
-            [DecoderLayer(config, dtypes=dtypes, rngs=rngs) for _ in range(config.depth)]
+        self.layers = layer_stack.build(
+            lambda rngs: DecoderLayer(config, dtypes=dtypes, rngs=rngs),
+            config.depth,
+            config.stacking.scan,
+            rngs,
         )
         self.norm = RMSNorm(config.width, config.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = (
@@ -298,16 +311,25 @@ class CausalLM(nnx.Module):
                 positions = jnp.broadcast_to(positions, (3, batch, length))
         c = self.config
         rotary = rotary_tables(positions, c.dim_per_head, c.rope_theta, c.mrope_section)
-        keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            cached = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = layer(x, rotary, visible, cached, start)
-            keys.append(k)
-            values.append(v)
+
+        def body(layer, x, cached):
+            x, kv = layer(x, rotary, visible, cached, start)
+            return x, None if cached is None else kv
+
+        cached = None
+        if cache is not None:
+            stacked = not isinstance(cache.keys, tuple)
+            cached = (
+                (cache.keys, cache.values)
+                if stacked
+                else list(zip(cache.keys, cache.values, strict=True))
+            )
+        x, kv = layer_stack.run(self.layers, body, x, cached, remat=c.stacking.remat)
         hidden = self.norm(x)
         logits = self.logits(hidden) if compute_logits else None
         if cache is not None:
-            cache = KVCache(tuple(keys), tuple(values), filled, start + length)
+            keys, values = (tuple(t) for t in zip(*kv, strict=True)) if isinstance(kv, list) else kv
+            cache = KVCache(keys, values, filled, start + length)
         return LMOutput(logits, hidden, cache)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

@@ -66,13 +66,14 @@ class LoRAParam(nnx.Param):
     ``nnx.state(model, LoRAParam)`` selects the adapters alone."""
 
 
-def _adapter_specs(spec: Sequence[Any] | None) -> tuple[tuple[Any, Any] | None, ...]:
+def _adapter_specs(spec: Sequence[Any] | None, ndim: int) -> tuple[tuple[Any, ...] | None, ...]:
     """A is split like the kernel's input dimension and B like its output dimension, so that a
-    tensor-parallel layer's adapter needs no collective the base matmul does not already need."""
+    tensor-parallel layer's adapter needs no collective the base matmul does not already need;
+    a stacked kernel's leading (layer) axes keep their spec."""
     if spec is None:
         return None, None
-    rows, cols = (*spec, None, None)[:2]
-    return (rows, None), (None, cols)
+    *leading, rows, cols = (*spec, *(None,) * (ndim - len(spec)))
+    return (*leading, rows, None), (*leading, None, cols)
 
 
 class LoRALinear(nnx.Module):
@@ -89,17 +90,23 @@ class LoRALinear(nnx.Module):
         self.base = base
         self.scale = alpha / rank
         kernel = base.kernel[...]
-        a = _A_INIT(rngs.params(), (base.in_features, rank), kernel.dtype)
-        b = jnp.zeros((rank, base.out_features), kernel.dtype)
-        spec_a, spec_b = _adapter_specs(base.kernel.get_metadata("out_sharding", None))
+        # Scanned layers (models.layer_stack) stack their kernels on leading axes: so do A, B.
+        leading = kernel.shape[:-2]
+        init = _A_INIT if not leading else _stacked_a_init(len(leading))
+        a = init(rngs.params(), (*leading, base.in_features, rank), kernel.dtype)
+        b = jnp.zeros((*leading, rank, base.out_features), kernel.dtype)
+        metadata = base.kernel.get_metadata("out_sharding", None)
+        spec_a, spec_b = _adapter_specs(metadata, kernel.ndim)
         placed = getattr(kernel, "sharding", None)  # a tracer (nnx.eval_shape, jit) has none
         if isinstance(placed, NamedSharding):  # already on a mesh: put A and B beside it
-            placed_a, placed_b = _adapter_specs(tuple(placed.spec))
+            placed_a, placed_b = _adapter_specs(tuple(placed.spec), kernel.ndim)
             a = jax.device_put(a, NamedSharding(placed.mesh, PartitionSpec(*placed_a)))
             b = jax.device_put(b, NamedSharding(placed.mesh, PartitionSpec(*placed_b)))
         self.lora_a = LoRAParam(a, eager_sharding=False, **_sharding_metadata(spec_a))
         self.lora_b = LoRAParam(b, eager_sharding=False, **_sharding_metadata(spec_b))
-        self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout > 0 else None)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout > 0 and not leading else None)
+        if dropout > 0 and leading:  # one stream per stacked layer, scanned with it
+            self.dropout.rngs = rngs["dropout"].split(leading)
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         base = self.base
@@ -120,6 +127,13 @@ class LoRALinear(nnx.Module):
         merged = (kernel.astype(wide) + delta).astype(kernel.dtype)
         self.base.kernel.set_value(jax.device_put(merged, kernel.sharding))
         return self.base
+
+
+def _stacked_a_init(axes: int) -> nnx.Initializer:
+    """``_A_INIT`` for each layer of a stacked kernel (the leading axes are not fan-in)."""
+    return nnx.initializers.variance_scaling(
+        1 / 3, "fan_in", "uniform", batch_axis=tuple(range(axes))
+    )
 
 
 def _sharding_metadata(spec: tuple[Any, Any] | None) -> dict[str, Any]:
@@ -208,8 +222,8 @@ def join_lora(
     so that the dropout's RNG stream may advance under ``jax.grad`` (variables that came in
     through an outer ``jax.jit`` may not be mutated there), reseeded from ``dropout_key``."""
     model = nnx.merge(graphdef, adapters, rest, copy=True)
-    if dropout_key is not None:
-        nnx.reseed(model, dropout=dropout_key)
+    if dropout_key is not None:  # a scanned stack's streams get one key per layer
+        nnx.reseed(model, dropout=dropout_key, policy="match_shape")
     return model
 
 

@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxrank.models import layer_stack
+from jaxrank.models.layer_stack import UNROLLED, Stacking
 from jaxrank.models.lm import RMSNorm, apply_rotary
 from jaxrank.models.sharding import (
     COLUMN_PARALLEL,
@@ -63,6 +65,7 @@ class QwenVisionConfig:
     window_size: int | None = None
     fullatt_block_indexes: tuple[int, ...] = ()
     norm_eps: float = 1e-6
+    stacking: Stacking = UNROLLED
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -306,7 +309,9 @@ class QwenVisionTower(nnx.Module):
         # kernel keeps the Conv3d's axes [in, t, h, w, out] (flattened at call time).
         shape = (c.channels, c.temporal_patch_size, c.patch_size, c.patch_size, c.width)
         self.patch_embed = nnx.Param(_INIT(rngs.params(), shape, param_dtype))
-        self.blocks = nnx.List([VisionBlock(c, dtypes=dtypes, rngs=rngs) for _ in range(c.depth)])
+        self.blocks = layer_stack.build(
+            lambda rngs: VisionBlock(c, dtypes=dtypes, rngs=rngs), c.depth, c.stacking.scan, rngs
+        )
         self.merger = PatchMerger(c, dtypes=dtypes, rngs=rngs)
 
     def __call__(self, patches: jax.Array, grids: tuple[Grid, ...]) -> jax.Array:
@@ -331,6 +336,14 @@ class QwenVisionTower(nnx.Module):
         rotary = rotary_tables(layout.positions, c.head_dim, c.rope_theta)
         kernel = self.patch_embed[...].reshape(c.patch_dim, c.width).astype(self.dtype)
         x = patches.astype(self.dtype) @ kernel
-        for i, block in enumerate(self.blocks):
-            x = block(x, rotary, images if i in c.fullatt_block_indexes else windows)
+        full = [layer in c.fullatt_block_indexes for layer in range(c.depth)]
+
+        def body(block, x, whole_image):
+            if layer_stack.is_static(whole_image) or windows is images:
+                return block(x, rotary, images if whole_image else windows), None
+            attend = lambda group: lambda block, x: block(x, rotary, group)
+            return nnx.cond(whole_image, attend(images), attend(windows), block, x), None
+
+        xs = jnp.asarray(full) if c.stacking.scan else full
+        x, _ = layer_stack.run(self.blocks, body, x, xs, remat=c.stacking.remat)
         return self.merger(x)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxrank.models.layer_stack import UNROLLED, Stacking
 from jaxrank.models.transformer import ACTIVATIONS, Encoder, layer_norm
 from jaxrank.models.validation import require_choice, require_divisible, require_positive
 
@@ -42,6 +43,7 @@ class TextConfig:
     causal: bool = True
     pool: TextPool = "eos"
     eos_token_id: int | None = None
+    stacking: Stacking = UNROLLED
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -92,6 +94,7 @@ class TextTransformer(nnx.Module):
             config.act,
             config.layer_norm_eps,
             **dtypes,
+            stacking=config.stacking,
             rngs=rngs,
         )
         self.final_norm = layer_norm(config.width, config.layer_norm_eps, **dtypes, rngs=rngs)

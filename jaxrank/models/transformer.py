@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxrank.models import layer_stack
+from jaxrank.models.layer_stack import UNROLLED, Stacking
 from jaxrank.models.sharding import (
     COLUMN_PARALLEL,
     ROW_PARALLEL,
@@ -188,7 +190,7 @@ class EncoderBlock(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    """A stack of ``EncoderBlock``s, run in a Python loop (unrolled under jit)."""
+    """A stack of ``EncoderBlock``s, unrolled or scanned (``models.layer_stack``)."""
 
     def __init__(
         self,
@@ -201,27 +203,22 @@ class Encoder(nnx.Module):
         *,
         dtype: DTypeLike = jnp.float32,
         param_dtype: DTypeLike = jnp.float32,
+        stacking: Stacking = UNROLLED,
         rngs: nnx.Rngs,
     ):
-        self.blocks = nnx.List(
-            [
-                EncoderBlock(
-                    width,
-                    heads,
-                    mlp_dim,
-                    act,
-                    layer_norm_eps,
-                    dtype=dtype,
-                    param_dtype=param_dtype,
-                    rngs=rngs,
-                )
-                for _ in range(depth)
-            ]
+        self.remat = stacking.remat
+        dtypes = {"dtype": dtype, "param_dtype": param_dtype}
+        self.blocks = layer_stack.build(
+            lambda rngs: EncoderBlock(
+                width, heads, mlp_dim, act, layer_norm_eps, **dtypes, rngs=rngs
+            ),
+            depth,
+            stacking.scan,
+            rngs,
         )
 
     def __call__(
         self, x: jax.Array, *, key_mask: jax.Array | None = None, causal: bool = False
     ) -> jax.Array:
-        for block in self.blocks:
-            x = block(x, key_mask=key_mask, causal=causal)
-        return x
+        body = lambda block, x, _: (block(x, key_mask=key_mask, causal=causal), None)
+        return layer_stack.run(self.blocks, body, x, remat=self.remat)[0]

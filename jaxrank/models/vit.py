@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from jaxrank.models.layer_stack import UNROLLED, Stacking
 from jaxrank.models.transformer import ACTIVATIONS, MLP, Encoder, MultiHeadAttention, layer_norm
 from jaxrank.models.validation import require_choice, require_divisible, require_positive
 
@@ -45,6 +46,7 @@ class VisionConfig:
     pool: VisionPool = "cls"
     post_norm: bool = True
     channels: int = 3
+    stacking: Stacking = UNROLLED
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -141,6 +143,7 @@ class VisionTransformer(nnx.Module):
             config.act,
             eps,
             **dtypes,
+            stacking=config.stacking,
             rngs=rngs,
         )
         self.post_norm = layer_norm(width, eps, **dtypes, rngs=rngs) if config.post_norm else None

@@ -22,7 +22,7 @@ from jaxrank.models.hf.family import Family, Tower, Towers
 from jaxrank.models.hf.files import INDEX_FILE, SINGLE_FILE
 from jaxrank.models.hf.loading import Encoder, name_map
 from jaxrank.models.hf.siglip import SIGLIP
-from jaxrank.models.hf.tensors import to_checkpoint
+from jaxrank.models.hf.tensors import stacked_rules, to_checkpoint, unstacked
 from jaxrank.models.text import TextConfig
 from jaxrank.models.vit import VisionConfig
 
@@ -167,6 +167,7 @@ def checkpoint_tensors(model: nnx.Module, rules: dict) -> dict[str, np.ndarray]:
     """``model``'s parameters on the host, named and laid out as the checkpoint ``rules`` say."""
     params = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     host = {path: np.asarray(jax.device_get(value)) for path, value in params.items()}
+    rules, host = unstacked(stacked_rules(rules, host), host)  # scanned layers, one at a time
     return {
         name: np.require(value, requirements="C")
         for name, value in to_checkpoint(host, rules).items()

@@ -31,6 +31,7 @@ from jaxrank.models.hf.siglip import SIGLIP
 from jaxrank.models.hf.tensors import Path as ParamPath
 from jaxrank.models.hf.tensors import Tensor, nest
 from jaxrank.models.hf.tokenization import TextTokenizer
+from jaxrank.models.layer_stack import UNROLLED, Stacking, with_stacking
 
 FAMILIES: tuple[Family, ...] = (CLIP, SIGLIP)
 Encoder = DualEncoder | ImageEncoder | TextEncoder
@@ -186,6 +187,7 @@ def load_pretrained(
     ignore_unused: bool = False,
     ignore_missing: bool = False,
     seed: int = 0,
+    stacking: Stacking = UNROLLED,
 ) -> Pretrained:
     """Load ``source`` (a checkpoint folder or a hub id) as a jaxrank encoder.
 
@@ -194,10 +196,12 @@ def load_pretrained(
     ``compute_dtype`` is given (float32 weights with bfloat16 compute, say). With ``mesh`` every
     parameter is placed with the sharding its module annotates (tensor-parallel over ``model``,
     replicated over ``data``); without, on the default device. Missing tensors keep their
-    random initialisation (from ``seed``) only when ``ignore_missing``.
+    random initialisation (from ``seed``) only when ``ignore_missing``. ``stacking`` scans (and
+    rematerialises) the towers' layers (``models.layer_stack``).
     """
     folder = resolve_checkpoint(source, revision=revision)
     family, architecture, towers = describe(folder)
+    towers = with_stacking(towers, stacking)
     present = family.architectures[architecture]
     if tower is not None and tower not in present:
         raise ValueError(f"tower={tower!r}: {architecture} at {folder} holds only {list(present)}")

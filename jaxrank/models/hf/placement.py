@@ -25,7 +25,7 @@ from jaxrank import parallel
 from jaxrank.models.hf.errors import CheckpointMismatch
 from jaxrank.models.hf.files import SafetensorsCheckpoint
 from jaxrank.models.hf.tensors import Path as ParamPath
-from jaxrank.models.hf.tensors import Tensor
+from jaxrank.models.hf.tensors import Rule, Stacked, Tensor, stacked_rules
 
 # Non-persistent buffers that checkpoints written by older transformers still carry.
 _IGNORED_SUFFIXES = ("position_ids",)
@@ -64,17 +64,24 @@ def _check(
     if uncovered:  # a bug in a family's name map, not in the user's checkpoint
         raise RuntimeError(f"no checkpoint rule for jaxrank parameters {_listed(uncovered)}")
     missing, mismatched = [], []
-    for path, tensor in rules.items():
-        target = tuple(abstract[path].shape)
-        if tensor.name not in checkpoint:
-            missing.append(tensor.name)
-            continue
-        shape = checkpoint.shape(tensor.name)
-        if not tensor.fits(shape, target):
+    for path, rule in rules.items():
+        param_shape = tuple(abstract[path].shape)
+        if isinstance(rule, Stacked) and param_shape[0] != len(rule.layers):
             mismatched.append(
-                f"{tensor.name}: checkpoint shape {list(shape)} does not fit "
-                f"{'.'.join(map(str, path))} of shape {list(target)}"
+                f"{'.'.join(map(str, path))}: {param_shape[0]} layers stacked, the "
+                f"checkpoint has {len(rule.layers)}"
             )
+            continue
+        for tensor, target in _per_layer(rule, param_shape):
+            if tensor.name not in checkpoint:
+                missing.append(tensor.name)
+                continue
+            shape = checkpoint.shape(tensor.name)
+            if not tensor.fits(shape, target):
+                mismatched.append(
+                    f"{tensor.name}: checkpoint shape {list(shape)} does not fit "
+                    f"{'.'.join(map(str, path))} of shape {list(target)}"
+                )
     unused = sorted(
         name
         for name in checkpoint
@@ -93,8 +100,20 @@ def _check(
     return sorted(set(missing)), unused
 
 
-def _reader(checkpoint: SafetensorsCheckpoint, tensor: Tensor, shape: tuple, dtype: DTypeLike):
-    """The callback ``jax.make_array_from_callback`` calls once per device with its slice."""
+def _per_layer(rule: Rule, shape: tuple[int, ...]) -> list[tuple[Tensor, tuple[int, ...]]]:
+    """The checkpoint tensors of a parameter of ``shape`` and the shape each one fills."""
+    if isinstance(rule, Stacked):
+        return [(tensor, shape[1:]) for tensor in rule.layers]
+    return [(rule, shape)]
+
+
+def _reader(checkpoint: SafetensorsCheckpoint, rule: Rule, shape: tuple, dtype: DTypeLike):
+    """The callback ``jax.make_array_from_callback`` calls once per device with its slice;
+    a ``Stacked`` parameter's slice is its layers' slices, stacked."""
+    if isinstance(rule, Stacked):
+        readers = [_reader(checkpoint, tensor, shape[1:], dtype) for tensor in rule.layers]
+        return lambda index: np.stack([read(index[1:]) for read in readers[index[0]]])
+    tensor = rule
 
     def read(index: tuple[slice, ...]) -> np.ndarray:
         if tensor.checkpoint_shape is not None or not shape:
@@ -127,6 +146,7 @@ def load_module(
     checkpoint may hold (the rest are unused)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(seed))))
     abstract = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    rules = stacked_rules(rules, abstract)  # scanned layers: per-layer tensors stacked
     missing, ignored = _check(
         checkpoint,
         rules,
@@ -151,7 +171,8 @@ def load_module(
     loaded = 0
     for path, leaf in tqdm(abstract.items(), desc=f"loading {checkpoint.folder.name}", leave=False):
         tensor = rules[path]
-        if tensor.name not in checkpoint:
+        first = tensor.layers[0] if isinstance(tensor, Stacked) else tensor
+        if first.name not in checkpoint:
             values[path] = jax.device_put(initial[path], shardings[path])
             continue
         read = _reader(checkpoint, tensor, tuple(leaf.shape), leaf.dtype)

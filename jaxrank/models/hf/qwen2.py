@@ -18,6 +18,7 @@ from jaxrank.models.hf.files import (
 )
 from jaxrank.models.hf.placement import PretrainedModule, load_configured
 from jaxrank.models.hf.tensors import LINEAR, Tensor, linear, nest
+from jaxrank.models.layer_stack import UNROLLED, Stacking, with_stacking
 from jaxrank.models.lm import CausalLM, LMConfig
 
 ARCHITECTURES = ("Qwen2ForCausalLM",)
@@ -96,12 +97,14 @@ def load_causal_lm(
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
+    stacking: Stacking = UNROLLED,
 ) -> PretrainedModule:
     """Load a ``Qwen2ForCausalLM`` folder or hub id (options as ``qwen2_vl.load_vlm``).
     A tied checkpoint may also carry ``lm_head.weight``; it is then the embedding and ignored."""
     folder = resolve_checkpoint(source, revision=revision)
     name = architecture(folder, ARCHITECTURES)
     config = lm_config(folder)
+    config = with_stacking(config, stacking)
     rules = name_map(config)
     return load_configured(
         CausalLM,

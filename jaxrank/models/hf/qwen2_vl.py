@@ -20,6 +20,7 @@ from jaxrank.models.hf.qwen2 import name_map as lm_name_map
 from jaxrank.models.hf.qwen2 import text_config
 from jaxrank.models.hf.qwen_vision import vision_config, vision_name_map, vision_prefix
 from jaxrank.models.hf.tensors import nest
+from jaxrank.models.layer_stack import UNROLLED, Stacking, with_stacking
 from jaxrank.models.vlm import VisionLanguageModel, VLMConfig
 
 ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
@@ -59,14 +60,18 @@ def load_vlm(
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
+    stacking: Stacking = UNROLLED,
 ) -> PretrainedModule:
     """Load a Qwen2-VL / Qwen2.5-VL folder or hub id: parameters in ``dtype`` (computing in
     ``compute_dtype``, default ``dtype``), each created directly with its sharding on ``mesh``
     (tensor-parallel over its ``model`` axis; ``fsdp`` also splits every parameter over
-    ``data``), after checking every tensor exists, fits and is used."""
+    ``data``), after checking every tensor exists, fits and is used. ``stacking`` scans the
+    decoder's and the tower's layers (each parameter stacked from the per-layer tensors) and
+    rematerialises them (``models.layer_stack``)."""
     folder = resolve_checkpoint(source, revision=revision)
     name = architecture(folder, ARCHITECTURES)
     config = vlm_config(folder)
+    config = with_stacking(config, stacking)
     checkpoint = SafetensorsCheckpoint(folder)
     rules = name_map(config, checkpoint)
     return load_configured(

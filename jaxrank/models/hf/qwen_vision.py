@@ -21,6 +21,7 @@ from jaxrank.models.hf.files import SafetensorsCheckpoint, architecture, resolve
 from jaxrank.models.hf.placement import PretrainedModule, load_configured
 from jaxrank.models.hf.tensors import LINEAR, Tensor, layer_norm, linear, nest
 from jaxrank.models.hf.tensors import Path as ParamPath
+from jaxrank.models.layer_stack import UNROLLED, Stacking, with_stacking
 from jaxrank.models.qwen_vision import QwenVisionConfig, QwenVisionTower
 
 ARCHITECTURES = {
@@ -120,6 +121,7 @@ def load_vision_tower(
     revision: str | None = None,
     ignore_unused: bool = False,
     seed: int = 0,
+    stacking: Stacking = UNROLLED,
 ) -> PretrainedModule:
     """The vision tower of a Qwen2-VL / Qwen2.5-VL folder or hub id (options as
     ``qwen2_vl.load_vlm``). The language model's tensors are skipped; every tower tensor must
@@ -129,6 +131,7 @@ def load_vision_tower(
     from transformers import AutoConfig
 
     config = vision_config(AutoConfig.from_pretrained(folder))
+    config = with_stacking(config, stacking)
     checkpoint = SafetensorsCheckpoint(folder)
     prefix = vision_prefix(checkpoint)
     rules = vision_name_map(config, prefix)

@@ -8,7 +8,8 @@ time) and export (parameter -> checkpoint), so the two directions cannot drift a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -62,6 +63,50 @@ class Tensor:
         if self.permutation is not None:
             value = value.transpose(np.argsort(self.permutation))
         return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Stacked:
+    """A parameter of scanned layers (``models.layer_stack``): its leading axis runs over the
+    layers, layer i read through ``layers[i]``."""
+
+    layers: tuple[Tensor, ...]
+
+
+Rule = Tensor | Stacked
+
+
+def stacked_rules(rules: Mapping[Path, Tensor], paths: Iterable[Path]) -> dict[Path, Rule]:
+    """``rules`` for a module whose ``paths`` include scanned layers: a path that ``rules``
+    lack but hold with a layer index inserted (``layers.self_attn...`` for ``layers.0.self_attn
+    ...``) becomes a ``Stacked`` rule over indices 0, 1, ... Paths ``rules`` hold stay."""
+    out: dict[Path, Rule] = {}
+    for path in paths:
+        if path in rules:
+            out[path] = rules[path]
+            continue
+        for cut in range(len(path)):
+            head, tail = path[:cut], path[cut:]
+            if (*head, 0, *tail) in rules:
+                count = next(i for i in itertools.count() if (*head, i, *tail) not in rules)
+                out[path] = Stacked(tuple(rules[(*head, i, *tail)] for i in range(count)))
+                break
+    return out
+
+
+def unstacked(rules: Mapping[Path, Rule], params: Mapping[Path, np.ndarray]):
+    """Per-layer ``(rules, params)`` from ``stacked_rules``' and a scanned module's flat
+    parameters, for export."""
+    flat_rules: dict[Path, Tensor] = {}
+    flat_params: dict[Path, np.ndarray] = {}
+    for path, rule in rules.items():
+        if isinstance(rule, Stacked):
+            for i, tensor in enumerate(rule.layers):
+                flat_rules[(*path, i)] = tensor
+                flat_params[(*path, i)] = np.asarray(params[path])[i]
+        else:
+            flat_rules[path], flat_params[path] = rule, params[path]
+    return flat_rules, flat_params
 
 
 def nest(prefix: Path, rules: Mapping[Path, Tensor]) -> dict[Path, Tensor]:
