@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxrank.cli import convert, data_check, plan, reproduce, search
+from jaxrank.cli import convert, data_check, export, plan, reproduce, search
 from jaxrank.cli.arguments import CONFIG_HELP, load_config
 from jaxrank.cli.recipes import recipe_module
 from jaxrank.configs import ConfigError
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search.add_commands(sub, config_help, load_config)
     convert.add_command(sub)
+    export.add_command(sub)
     data_check.add_commands(sub, config_help, load_config)
     reproduce.add_command(sub)
     plan.add_command(sub)

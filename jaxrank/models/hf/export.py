@@ -117,6 +117,12 @@ def _family_and_architecture(towers: Towers, kinds: tuple[Tower, ...]) -> tuple[
     return {"clip": CLIP, "siglip": SIGLIP}[name], _ARCHITECTURES[key]
 
 
+def check_exportable(model: Encoder) -> None:
+    """Raise ``UnsupportedCheckpoint``, naming what differs, unless transformers has a CLIP or
+    SigLIP class for ``model``."""
+    _family_and_architecture(*towers_of(model))
+
+
 def _shards(tensors: dict[str, np.ndarray], max_shard_bytes: int | None) -> list[dict]:
     """Tensors grouped, in name order, into files of at most ``max_shard_bytes`` (a tensor larger
     than that gets a file of its own)."""
