@@ -63,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
             "beta": 0.2,  # KL to the contrastive model (paper)
             "aggregation": "seq_mean",
             "updates_per_batch": 1,
+            "importance": "token",  # or "sequence": GSPO's sequence-level ratio
+            "skip_constant_groups": False,  # DAPO's dynamic sampling, static shapes
         }
     )
     c.reward = ml_collections.ConfigDict(

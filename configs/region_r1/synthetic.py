@@ -74,6 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
             "beta": 0.1,  # k3 KL to the frozen initial policy
             "aggregation": "seq_mean",
             "updates_per_batch": 1,  # mu
+            "importance": "token",  # or "sequence": GSPO's sequence-level ratio
+            "skip_constant_groups": False,  # DAPO's dynamic sampling, static shapes
             "balanced": True,  # decision-balanced group sampling
             "forced_in_loss": True,
         }

@@ -91,9 +91,6 @@ def loss(
         jax.lax.stop_gradient(ref),
         batch.advantages,
         jnp.ones(logp.shape, bool),
-        eps_low=grpo.eps_low,
-        eps_high=grpo.eps_high,
-        beta=grpo.beta,
-        aggregation=grpo.aggregation,
+        **grpo.loss_options(),
     )
     return loss_sum / count, dict(logged, reward=batch.rewards.mean())

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrank.elva.reward import ELVARewardConfig, elva_reward
+from jaxrank.elva.reward import ELVARewardConfig, elva_reward, elva_reward_terms
 from jaxrank.models.dual_encoder import l2_normalize
 from jaxrank.models.lm import CausalLM
 from jaxrank.models.lm_prompt import Prompt
 from jaxrank.models.lm_scoring import completion_log_probs, hidden_at_token
 from jaxrank.models.lora import join_lora
-from jaxrank.rl.grpo import GRPOConfig, compute_advantages
+from jaxrank.rl.grpo import GRPOConfig, compute_advantages, reward_term_means
 from jaxrank.rl.sampler import Completions, SamplingSettings, generate
 from jaxrank.rl.token_grpo import make_token_grpo_loss
 from jaxrank.train.step import make_train_step
@@ -138,7 +138,9 @@ def make_step(
         lm, prompt = prompt_of(model, batch)
         out = rollout(lm, prompt, rng, settings, pool, ret_id, grpo, reward, missing_ret_reward)
         first = (out.positive_scores[..., None] > out.negative_scores).all(axis=-1)
+        terms = elva_reward_terms(out.positive_scores, out.negative_scores, reward)
         metrics = {
+            **reward_term_means(terms, out.complete),
             "reward": out.rewards.mean(),
             "complete": out.complete.mean(),
             "positive_first": (first & out.complete).mean(),

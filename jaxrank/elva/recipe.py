@@ -35,9 +35,9 @@ from jaxrank.elva import embedding_grpo, evaluation
 from jaxrank.elva.encoders import benchmark, candidate_embedder, query_embedder, rows
 from jaxrank.elva.gaussian_head import GaussianEmbeddingHead
 from jaxrank.elva.negatives import mine
-from jaxrank.elva.reward import ELVARewardConfig
+from jaxrank.elva.reward import ELVARewardConfig, elva_reward_terms
 from jaxrank.elva.task_embedding import candidates_of
-from jaxrank.rl.grpo import GRPOConfig
+from jaxrank.rl.grpo import GRPOConfig, reward_term_means
 from jaxrank.train.stage import Stage, supervised
 from jaxrank.train.step import make_train_step
 from jaxrank.train.workdir import prepare_workdir
@@ -200,7 +200,9 @@ def make_rl_step(cfg, graphdef, head_graphdef, optimizer):
             head, rng, current[:, 0], positive, negatives, grpo, reward, sample_all
         )
         first = (rolled.positive_scores[..., None] >= rolled.negative_scores).all(axis=-1)
+        terms = elva_reward_terms(rolled.positive_scores, rolled.negative_scores, reward)
         metrics = {
+            **reward_term_means(terms),
             "reward_std": rolled.rewards.std(axis=-1).mean(),
             "sampled_top1": first.mean(),
             "head_scale": jnp.exp(head.log_scale[...]).mean(),

@@ -60,10 +60,19 @@ def ranking_reward(
     return gain - gamma * jnp.sum(pool[..., 1:] * weight, axis=-1)
 
 
+def elva_reward_terms(
+    positive_score: jax.Array, negative_scores: jax.Array, config: ELVARewardConfig
+) -> dict[str, jax.Array]:
+    """The reward's two terms per rollout, unweighted, for the training log."""
+    return {
+        "margin": margin_reward(positive_score, negative_scores, config.delta),
+        "ranking": ranking_reward(positive_score, negative_scores, config.gamma, config.ranking),
+    }
+
+
 def elva_reward(
     positive_score: jax.Array, negative_scores: jax.Array, config: ELVARewardConfig
 ) -> jax.Array:
     """``alpha * margin + eps * ranking`` per rollout."""
-    margin = margin_reward(positive_score, negative_scores, config.delta)
-    rank = ranking_reward(positive_score, negative_scores, config.gamma, config.ranking)
-    return config.alpha * margin + config.eps * rank
+    terms = elva_reward_terms(positive_score, negative_scores, config)
+    return config.alpha * terms["margin"] + config.eps * terms["ranking"]

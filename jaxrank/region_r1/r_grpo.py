@@ -33,7 +33,12 @@ from jaxrank.region_r1.action import (
     sample_boxes,
 )
 from jaxrank.region_r1.reward import RegionR1RewardConfig, region_r1_rewards
-from jaxrank.rl.grpo import GRPOConfig, clipped_policy_loss, compute_advantages
+from jaxrank.rl.grpo import (
+    GRPOConfig,
+    clipped_policy_loss,
+    compute_advantages,
+    reward_term_means,
+)
 from jaxrank.rl.sampling import sample_balanced_decisions, sample_decisions
 
 # (params, images uint8 [B, H, W, 3], question tokens [B, L]) -> PolicyOutput of shape [B]
@@ -149,7 +154,7 @@ def action_metrics(
         "cond_r1": metrics.masked_mean(hit, jnp.broadcast_to(in_pool[:, None], hit.shape)),
         "full_cond_r1": metrics.masked_mean(base_hit, in_pool),
         "region_iou": metrics.masked_mean(iou, scored_region),
-        **{name: metrics.masked_mean(value, scored_region) for name, value in components.items()},
+        **reward_term_means(components, scored_region),
     }
 
 
@@ -261,10 +266,7 @@ def make_loss(
             actions.ref_logp,
             batch["advantages"],
             actions.mask,
-            eps_low=grpo.eps_low,
-            eps_high=grpo.eps_high,
-            beta=grpo.beta,
-            aggregation=grpo.aggregation,
+            **grpo.loss_options(),
         )
         return loss_sum / jnp.maximum(count, 1.0), logged
 

@@ -23,6 +23,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxrank.metrics import masked_mean
+
 GRPO_STD_EPSILON = 1e-4
 
 
@@ -71,6 +73,19 @@ def compute_advantages(rewards: jax.Array, kind: str = "dr_grpo") -> jax.Array:
     return ADVANTAGES[kind](rewards)
 
 
+def reward_term_means(
+    terms: dict[str, jax.Array], where: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """``{"reward/<term>": mean}`` for the training log, one per term of a composite reward;
+    ``where`` restricts each mean to the rollouts a term applies to (e.g. the scored crops)."""
+    if where is None:
+        return {f"reward/{name}": jnp.mean(value) for name, value in terms.items()}
+    return {
+        f"reward/{name}": masked_mean(value, jnp.broadcast_to(where, value.shape))
+        for name, value in terms.items()
+    }
+
+
 def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
     """k3 estimate of KL(pi || pi_ref) per token: exp(d) - d - 1 with d = ref_logp - logp.
 
@@ -105,6 +120,34 @@ AGGREGATIONS: dict[str, Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Ar
 }
 
 
+def _token_log_ratio(log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
+    """GRPO/PPO: every token has its own importance ratio."""
+    del mask
+    return log_ratio
+
+
+def _sequence_log_ratio(log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
+    """GSPO (Zheng et al. 2025): one ratio per sequence, the geometric mean of its tokens'
+    ratios, exp(mean_t log rho_t), shared by all its tokens; clipping then keeps or drops whole
+    sequences, and the gradient of each token's term flows through the sequence's ratio."""
+    tokens = jnp.maximum(mask.sum(axis=-1, keepdims=True), 1.0)
+    per_sequence = (log_ratio * mask).sum(axis=-1, keepdims=True) / tokens
+    return jnp.broadcast_to(per_sequence, log_ratio.shape)
+
+
+IMPORTANCE: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "token": _token_log_ratio,
+    "sequence": _sequence_log_ratio,
+}
+
+
+def informative_groups(advantages: jax.Array) -> jax.Array:
+    """``[..., G] -> [...]``: whether a group's rewards vary. Every estimator in ``ADVANTAGES``
+    gives exactly 0 to each member of a constant group (``_centred``), so a group is
+    uninformative exactly when all its advantages are 0."""
+    return jnp.any(jnp.asarray(advantages) != 0, axis=-1)
+
+
 def clipped_policy_loss(
     logp: jax.Array,
     old_logp: jax.Array,
@@ -116,28 +159,42 @@ def clipped_policy_loss(
     eps_high: float = 0.2,
     beta: float = 0.1,
     aggregation: str = "seq_mean",
+    importance: str = "token",
+    skip_constant_groups: bool = False,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Clipped surrogate with a k3 KL penalty; returns ``(loss_sum, count, metrics)``.
 
     Per token: -[min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) - beta * KL] with
-    rho = exp(logp - old_logp). ``logp``, ``old_logp``, ``ref_logp`` and ``mask`` are
-    ``[B, G, T]``; ``advantages`` ``[B, G]``. Masked-out entries may hold anything, NaN included:
-    they are replaced before any arithmetic, so neither the loss nor its gradient sees them.
+    rho = exp(logp - old_logp) per token, or per sequence with ``importance="sequence"``
+    (GSPO). ``logp``, ``old_logp``, ``ref_logp`` and ``mask`` are ``[B, G, T]``;
+    ``advantages`` ``[B, G]``. Masked-out entries may hold anything, NaN included: they are
+    replaced before any arithmetic, so neither the loss nor its gradient sees them.
+
+    ``skip_constant_groups`` is DAPO's dynamic sampling with static shapes: instead of
+    resampling until every group's rewards vary, groups whose rewards do not are masked out of
+    the loss (their KL term and their share of the denominator included) and counted in
+    ``metrics["constant_groups"]``.
+
     The loss is ``loss_sum / count``; metrics (mean KL, clip fraction, mean ratio) are means
     over the unmasked tokens, the clip fraction counting the tokens whose clipped term binds
     (so their surrogate gradient is 0).
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(
-            f"unknown aggregation {aggregation!r}; expected one of {sorted(AGGREGATIONS)}"
-        )
+    for name, value, known in (
+        ("aggregation", aggregation, AGGREGATIONS),
+        ("importance", importance, IMPORTANCE),
+    ):
+        if value not in known:
+            raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(known)}")
     mask = jnp.asarray(mask, bool)
+    informative = informative_groups(advantages)
+    if skip_constant_groups:
+        mask = mask & informative[..., None, None]
     logp, old_logp, ref_logp = (
         jnp.where(mask, jnp.asarray(x, jnp.float32), 0.0) for x in (logp, old_logp, ref_logp)
     )
     advantages = jnp.asarray(advantages, jnp.float32)[..., None]
 
-    ratio = jnp.exp(logp - old_logp)
+    ratio = jnp.exp(IMPORTANCE[importance](logp - old_logp, mask.astype(jnp.float32)))
     clipped_ratio = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
     surrogate = jnp.minimum(ratio * advantages, clipped_ratio * advantages)
     kl = kl_k3(logp, ref_logp)
@@ -153,6 +210,7 @@ def clipped_policy_loss(
         "kl": (kl * weights).sum() / tokens,
         "clip_fraction": (clipped * weights).sum() / tokens,
         "ratio": (ratio * weights).sum() / tokens,
+        "constant_groups": (~informative).sum(dtype=jnp.float32),
     }
     return loss_sum, count, metrics
 
@@ -168,14 +226,17 @@ class GRPOConfig:
     beta: float = 0.1
     aggregation: str = "seq_mean"
     updates_per_batch: int = 1
+    importance: str = "token"
+    skip_constant_groups: bool = False
 
     def __post_init__(self) -> None:
-        if self.advantage not in ADVANTAGES:
-            raise ValueError(f"advantage {self.advantage!r} is not one of {sorted(ADVANTAGES)}")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"aggregation {self.aggregation!r} is not one of {sorted(AGGREGATIONS)}"
-            )
+        for name, known in (
+            ("advantage", ADVANTAGES),
+            ("aggregation", AGGREGATIONS),
+            ("importance", IMPORTANCE),
+        ):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {sorted(known)}")
         if self.num_generations < 1 or self.updates_per_batch < 1:
             raise ValueError(
                 f"num_generations ({self.num_generations}) and updates_per_batch "
@@ -186,3 +247,14 @@ class GRPOConfig:
                 f"eps_low ({self.eps_low}), eps_high ({self.eps_high}) and beta ({self.beta}) "
                 "must be >= 0"
             )
+
+    def loss_options(self) -> dict:
+        """The keyword arguments of ``clipped_policy_loss`` that these settings fix."""
+        return {
+            "eps_low": self.eps_low,
+            "eps_high": self.eps_high,
+            "beta": self.beta,
+            "aggregation": self.aggregation,
+            "importance": self.importance,
+            "skip_constant_groups": self.skip_constant_groups,
+        }

@@ -51,10 +51,7 @@ def make_token_grpo_loss(graphdef: nnx.GraphDef, log_probs: LogProbs, grpo: GRPO
             ref_logp,
             advantages,
             batch["completion_mask"].reshape(shape),
-            eps_low=grpo.eps_low,
-            eps_high=grpo.eps_high,
-            beta=grpo.beta,
-            aggregation=grpo.aggregation,
+            **grpo.loss_options(),
         )
         return loss_sum / count, metrics
 
