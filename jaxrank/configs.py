@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,10 +34,27 @@ def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections
         raise ConfigError(f"config file {path} failed to import: {type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config() function")
-    cfg = module.get_config(arg) if arg is not None else module.get_config()
+    try:
+        cfg = module.get_config(arg) if arg is not None else module.get_config()
+    except TypeError as e:
+        if _accepts_argument(module.get_config, arg is not None):
+            raise ConfigError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from e
+        given = f"the argument {arg!r} (FILE:ARG)" if arg is not None else "no argument"
+        raise ConfigError(f"{path}: get_config() cannot be called with {given}") from e
+    except Exception as e:
+        raise ConfigError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from e
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not a ConfigDict")
     return cfg
+
+
+def _accepts_argument(fn: Any, with_arg: bool) -> bool:
+    """Whether ``fn`` can be called with one positional argument (``with_arg``) or none."""
+    try:
+        inspect.signature(fn).bind(*(["arg"] if with_arg else []))
+    except TypeError:
+        return False
+    return True
 
 
 def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -11,27 +11,41 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxrank.configs import ConfigError
+
 DATA = "data"
 MODEL = "model"
+
+
+def mesh_shape(data: int, model: int, devices: int) -> tuple[int, int]:
+    """The ``(data, model)`` shape a mesh request resolves to on ``devices`` devices
+    (``data=-1``: every device not used by ``model``), or a ConfigError naming the key."""
+    if not (isinstance(model, int) and model >= 1 and devices % model == 0):
+        raise ConfigError(
+            f"config key 'mesh.model' is {model!r}; expected a positive divisor of the "
+            f"{devices} devices"
+        )
+    if data == -1:
+        data = devices // model
+    if not (isinstance(data, int) and data >= 1 and data * model == devices):
+        raise ConfigError(
+            f"config key 'mesh.data' is {data!r}: a data={data} x model={model} mesh needs "
+            f"{data * model if isinstance(data, int) else '?'} devices, but {devices} are "
+            "available; expected -1 (every device) or data x model = the device count"
+        )
+    return data, model
 
 
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ``(data, model)`` mesh; ``data=-1`` takes every device not used by ``model``."""
     devices = list(jax.devices() if devices is None else devices)
-    if model < 1 or len(devices) % model:
-        raise ValueError(f"mesh.model={model} must divide the {len(devices)} available devices")
-    if data == -1:
-        data = len(devices) // model
-    if data * model != len(devices):
-        raise ValueError(
-            f"mesh shape data={data} x model={model} needs {data * model} devices, "
-            f"but {len(devices)} are available"
-        )
+    data, model = mesh_shape(data, model, len(devices))
     grid = np.asarray(devices, dtype=object).reshape(data, model)
     return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
 
@@ -41,15 +55,30 @@ def mesh_from_config(cfg: Mapping[str, Any]) -> Mesh:
     return make_mesh(data=int(cfg.get("data", -1)), model=int(cfg.get("model", 1)))
 
 
+def resolve_mesh(cfg: ml_collections.ConfigDict) -> None:
+    """Write the resolved shape into the config's ``mesh`` block (``data=-1`` becomes the
+    device count), so a run folder's ``config.json`` records the mesh the run was trained on
+    and a resume on another device count differs from it."""
+    if "mesh" not in cfg:
+        return
+    data, model = mesh_shape(cfg.mesh.get("data", -1), cfg.mesh.get("model", 1), jax.device_count())
+    with cfg.mesh.unlocked():
+        cfg.mesh.data, cfg.mesh.model = data, model
+
+
 def require_divisible_batches(cfg: Mapping[str, Any], sections: Sequence[str], mesh: Mesh) -> None:
     """Each section's ``batch_size`` must split evenly over the mesh's ``data`` axis (a GRPO
     group and a contrastive batch are laid out row-wise over it)."""
-    devices = mesh.shape[DATA]
+    check_divisible_batches(cfg, sections, mesh.shape[DATA])
+
+
+def check_divisible_batches(cfg: Mapping[str, Any], sections: Sequence[str], data: int) -> None:
+    """``require_divisible_batches`` for a data axis of ``data`` devices, before any mesh."""
     for section in sections:
-        if cfg[section].batch_size % devices:
-            raise ValueError(
-                f"{section}.batch_size={cfg[section].batch_size} must be divisible by the "
-                f"{devices} devices of the data axis"
+        if section in cfg and cfg[section].batch_size % data:
+            raise ConfigError(
+                f"config key '{section}.batch_size' is {cfg[section].batch_size}; expected a "
+                f"multiple of the {data} devices of the mesh's data axis"
             )
 
 

@@ -2,24 +2,27 @@
 
 Known failure modes (a bad config key, an unusable workdir, a broken checkpoint, a diverged
 loss, malformed data) end with one ``jaxrank: error:`` message and exit status 2, not a
-traceback from inside JAX.
+traceback from inside JAX; ``--verbose`` adds the full traceback and its chain of causes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from jaxrank.cli import convert, data_check, export, plan, reproduce, search
 from jaxrank.cli.arguments import CONFIG_HELP, load_config
 from jaxrank.cli.recipes import recipe_module
+from jaxrank.cli.run_folder import held_run
 from jaxrank.configs import ConfigError
 from jaxrank.data.errors import DataError
 from jaxrank.distributed import DistributedError
 from jaxrank.distributed import initialize as join_processes
-from jaxrank.models.hf.errors import CheckpointMismatch, UnsupportedCheckpoint
+from jaxrank.models.hf.errors import CheckpointMismatch, CheckpointNotFound, UnsupportedCheckpoint
 from jaxrank.search.errors import SearchError
+from jaxrank.train import report
 from jaxrank.train.checkpoint import CheckpointError
 from jaxrank.train.trainer import NonFiniteLossError
 from jaxrank.train.workdir import WorkdirError
@@ -30,7 +33,7 @@ USER_ERRORS = (
     CheckpointError,
     NonFiniteLossError,
     SearchError,
-    FileNotFoundError,
+    CheckpointNotFound,
     UnsupportedCheckpoint,
     CheckpointMismatch,
     DistributedError,
@@ -40,12 +43,14 @@ USER_ERRORS = (
 
 def _train(args, extra) -> None:
     cfg = load_config(args, extra)
-    recipe_module(cfg).train_and_evaluate(cfg, args.workdir)
+    with held_run(cfg, args.workdir) as workdir:
+        recipe_module(cfg).train_and_evaluate(cfg, workdir)
 
 
 def _evaluate(args, extra) -> None:
     cfg = load_config(args, extra)
-    recipe_module(cfg).evaluate_workdir(cfg, args.workdir)
+    with held_run(cfg, args.workdir, existing=True) as workdir, report.evaluation_report():
+        recipe_module(cfg).evaluate_workdir(cfg, workdir)
 
 
 def _gallery(args, extra) -> None:
@@ -68,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, help="run folder (its parent must exist)")
     train.set_defaults(run=_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate the latest checkpoint of a run folder")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate the latest checkpoint of a run folder (writes eval_report.*)"
+    )
     evaluate.add_argument("--config", required=True, help=config_help)
     evaluate.add_argument("--workdir", required=True)
     evaluate.set_defaults(run=_evaluate)
@@ -86,7 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
     data_check.add_commands(sub, config_help, load_config)
     reproduce.add_command(sub)
     plan.add_command(sub)
+    _add_verbose(parser)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` on every command, nested ones (``index build``) included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_verbose(command)
+            return
+    parser.add_argument("--verbose", action="store_true", help="on an error, show the traceback")
+
+
+def _explain(error: BaseException, verbose: bool) -> str:
+    """The error line, and the first line of its cause (the whole chain with ``verbose``)."""
+    if verbose:
+        return "".join(traceback.format_exception(error)) + f"jaxrank: error: {error}"
+    lines = [f"jaxrank: error: {error}"]
+    cause = error.__cause__
+    if cause is not None and str(cause) and str(cause) not in str(error):
+        lines.append(f"  caused by {type(cause).__name__}: {str(cause).splitlines()[0]}")
+        lines.append("  (--verbose shows the full traceback)")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         join_processes()  # before any JAX computation: a pod's processes become one run
         args.run(args, extra)
     except USER_ERRORS as e:
-        print(f"jaxrank: error: {e}", file=sys.stderr)
+        print(_explain(e, getattr(args, "verbose", False)), file=sys.stderr)
         return 2
     return 0
 

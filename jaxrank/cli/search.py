@@ -91,6 +91,7 @@ def _knowledge_base(world, tokenize, batch_size: int) -> Iterator[dict[str, np.n
 
 
 def _build(args: argparse.Namespace, extra: Sequence[str], load_config: LoadConfig) -> None:
+    _check_out(args.out)
     cfg = load_config(args, extra)
     encoder = _Encoder(cfg, args.workdir)
     index = Index.from_encoder(
@@ -107,22 +108,39 @@ def _build(args: argparse.Namespace, extra: Sequence[str], load_config: LoadConf
 
 
 def _load_queries(path: str) -> np.ndarray:
+    """The ``--queries`` file: one non-empty numeric .npy array [Q, D] (pickles refused)."""
+    if not Path(path).is_file():
+        raise SearchError(f"queries file {path} does not exist; expected a .npy array [Q, D]")
     try:
         queries = np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, EOFError, OSError) as e:
         raise SearchError(f"{path} is not a .npy array of query embeddings ({e})") from e
     if not isinstance(queries, np.ndarray):
         raise SearchError(f"{path} holds several arrays; expected one .npy array [Q, D]")
+    if queries.ndim != 2 or queries.shape[0] == 0:
+        raise SearchError(
+            f"{path} holds an array of shape {queries.shape}; expected [Q, D] with Q >= 1"
+        )
     return queries
 
 
+def _check_out(path: str) -> None:
+    """Refuse an ``--out`` that cannot be written before any work is done."""
+    out = Path(path)
+    if out.is_dir() or not out.absolute().parent.is_dir():
+        raise SearchError(f"--out {path}: expected a file path in an existing folder")
+
+
 def _search(args: argparse.Namespace, extra: Sequence[str], load_config: LoadConfig) -> None:
+    _check_out(args.out)
+    if args.k < 1 or (args.num_queries is not None and args.num_queries < 1):
+        raise SearchError(f"--k {args.k} and --num-queries {args.num_queries} must be >= 1")
     index = Index.load(args.index, metric=args.metric)
+    queries = _load_queries(args.queries) if args.queries is not None else None
     entity = None
     if args.queries is not None:
         if extra:
             raise ConfigError(f"config overrides {list(extra)} need --config")
-        queries = _load_queries(args.queries)
     else:
         if args.workdir is None:
             raise ConfigError("--config needs --workdir: the trained run that embeds queries")

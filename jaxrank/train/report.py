@@ -2,13 +2,19 @@
 
 In a multi-process run every process builds the same report and only process 0 writes the
 files (the paths are returned alike, so every process's markdown names the same plots).
+
+A re-evaluation (``jaxrank eval``) writes ``eval_report.json`` / ``eval_report.md`` instead
+(``evaluation_report()``), so the training run's report, with its training time and devices,
+stays as the run left it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,19 @@ from tabulate import tabulate
 
 from jaxrank.distributed import is_primary
 from jaxrank.train.runlog import read_jsonl
+
+_REPORT_NAME = contextvars.ContextVar("report_name", default="report")
+
+
+@contextlib.contextmanager
+def evaluation_report() -> Iterator[None]:
+    """Inside, ``write_report`` writes ``eval_report.*``: a re-evaluation of a finished run
+    leaves the training report alone."""
+    token = _REPORT_NAME.set("eval_report")
+    try:
+        yield
+    finally:
+        _REPORT_NAME.reset(token)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -110,6 +129,7 @@ def plot_lines(
 
 
 def write_report(workdir: str | Path, results: Mapping[str, Any], markdown: str) -> None:
-    workdir = Path(workdir)
-    atomic_write(workdir / "report.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    atomic_write(workdir / "report.md", markdown)
+    """``report.json`` and ``report.md`` (``eval_report.*`` inside ``evaluation_report()``)."""
+    workdir, name = Path(workdir), _REPORT_NAME.get()
+    atomic_write(workdir / f"{name}.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    atomic_write(workdir / f"{name}.md", markdown)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from jaxrank.distributed import is_primary
 from jaxrank.perf import compile_clock, throughput
+from jaxrank.train.workdir import WorkdirError
 
 
 def _scalar(v: Any) -> float | int:
@@ -37,21 +38,32 @@ def _scalar(v: Any) -> float | int:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run folder's JSON-lines log. A last line cut short by a kill is dropped
+    (the only damage a run leaves); any other line that is not a JSON object with an integer
+    ``step`` (when it has one) is a WorkdirError naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise WorkdirError(f"{path} cannot be read as text ({e}); move it aside to resume") from e
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            # A line cut short by a kill is the only expected damage: it is the last one.
             if number == len(lines):
                 break
-            raise ValueError(f"{path}:{number}: not a JSON object: {line[:80]!r}") from None
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
+            raise WorkdirError(
+                f"{path}:{number}: expected a JSON object with an integer 'step', got "
+                f"{line[:80]!r}; fix or delete that line to resume"
+            )
+        rows.append(row)
     return rows
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from jaxrank.models.hf.errors import UnsupportedCheckpoint
+from jaxrank.models.hf.errors import CheckpointNotFound, UnreadableCheckpoint, UnsupportedCheckpoint
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -37,10 +37,12 @@ def resolve_checkpoint(source: str | Path, *, revision: str | None = None) -> Pa
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"{source}: expected a checkpoint folder (with {CONFIG_FILE}), got a file")
+        raise CheckpointNotFound(
+            f"{source}: expected a checkpoint folder (with {CONFIG_FILE}), got a file"
+        )
     text = str(source)
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise FileNotFoundError(f"{source}: no such checkpoint folder")
+        raise CheckpointNotFound(f"{source}: no such checkpoint folder")
     from huggingface_hub import snapshot_download
 
     try:
@@ -48,7 +50,7 @@ def resolve_checkpoint(source: str | Path, *, revision: str | None = None) -> Pa
             snapshot_download(repo_id=text, revision=revision, allow_patterns=_HUB_PATTERNS)
         )
     except Exception as err:  # the hub client raises many types; all mean "not obtainable"
-        raise FileNotFoundError(
+        raise CheckpointNotFound(
             f"{source!r} is neither a local folder nor a hub id that could be fetched: {err}"
         ) from err
 
@@ -57,11 +59,29 @@ def read_config(folder: Path) -> dict[str, Any]:
     """The checkpoint's ``config.json`` as a dict."""
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; not a Hugging Face checkpoint folder")
+        raise CheckpointNotFound(
+            f"{folder}: no {CONFIG_FILE}; not a Hugging Face checkpoint folder"
+        )
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file (config, index, processor) as a dict, or an error naming it."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnreadableCheckpoint(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise UnreadableCheckpoint(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _open(file: Path) -> Any:
+    """A safetensors file opened lazily; a truncated or corrupt one is named."""
+    try:
+        return safe_open(file, framework="np")
+    except Exception as err:  # safetensors raises its own SafetensorError and OSError alike
+        raise UnreadableCheckpoint(f"{file}: not a readable safetensors file ({err})") from err
 
 
 def architecture(folder: Path, accepted: tuple[str, ...]) -> str:
@@ -79,27 +99,26 @@ def _weight_files(folder: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file that holds it."""
     index = folder / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ValueError(f"{index}: expected JSON with a 'weight_map' object ({err})") from err
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UnreadableCheckpoint(f"{index}: expected JSON with a 'weight_map' object")
         files = {name: folder / file for name, file in weight_map.items()}
         for file in sorted(set(files.values())):
             if not file.is_file():
-                raise FileNotFoundError(f"{index} names {file.name}, which is not in {folder}")
+                raise CheckpointNotFound(f"{index} names {file.name}, which is not in {folder}")
         return files
     single = folder / SINGLE_FILE
     if single.is_file():
-        with safe_open(single, framework="np") as handle:
+        with _open(single) as handle:
             return dict.fromkeys(handle.keys(), single)
     unsafe = [name for name in _UNSAFE_WEIGHTS if (folder / name).exists()]
     if unsafe:
-        raise ValueError(
+        raise UnsupportedCheckpoint(
             f"{folder} holds weights only as {', '.join(unsafe)}; jaxrank loads safetensors only "
             "(pickled weights can run code on load). Convert them once with transformers: "
             "`Model.from_pretrained(folder).save_pretrained(out, safe_serialization=True)`"
         )
-    raise FileNotFoundError(f"{folder}: neither {SINGLE_FILE} nor {INDEX_FILE}")
+    raise CheckpointNotFound(f"{folder}: neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 
 class SafetensorsCheckpoint:
@@ -114,7 +133,7 @@ class SafetensorsCheckpoint:
     def _handle(self, name: str) -> Any:
         file = self._files[name]
         if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="np")
+            self._handles[file] = _open(file)
         return self._handles[file]
 
     def __contains__(self, name: str) -> bool:

@@ -13,7 +13,6 @@ torchvision is installed) resizes differently by a few grey levels; the referenc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxrank.models.hf.files import CONFIG_FILE, read_config, resolve_checkpoint
+from jaxrank.models.hf.errors import CheckpointNotFound
+from jaxrank.models.hf.files import CONFIG_FILE, read_config, read_json_object, resolve_checkpoint
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 # transformers v5 processors save the image processor nested here (and read it first).
@@ -162,26 +162,16 @@ class ImagePreprocessor:
 def read_processor_dict(folder: Path) -> tuple[Path, dict[str, Any]]:
     nested = folder / PROCESSOR_FILE
     if nested.is_file():
-        processor = _read_json(nested)
+        processor = read_json_object(nested)
         if "image_processor" in processor:
             return nested, processor["image_processor"]
     path = folder / IMAGE_PROCESSOR_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointNotFound(
             f"{folder}: no {IMAGE_PROCESSOR_FILE} (nor an image_processor entry in "
             f"{PROCESSOR_FILE}); cannot tell how the checkpoint prepares images"
         )
-    return path, _read_json(path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return value
+    return path, read_json_object(path)
 
 
 def _family(raw: dict[str, Any], source: Path, folder: Path) -> str:
