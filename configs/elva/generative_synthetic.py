@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
             "checkpoint_every": 100,
         }
     )
+    # A finished contrastive stage (its folder) that RL runs of one seed share ("": trained in
+    # <workdir>/contrastive); the tokenizer stays per run, trained on the same corpus.
+    c.contrastive_workdir = ""
     c.rl_data = ml_collections.ConfigDict({"queries_per_task": 128})
     c.mining = ml_collections.ConfigDict(
         {"n_hard": 2, "n_random": 2, "threshold": 0.99, "depth": 0}

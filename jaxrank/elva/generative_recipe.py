@@ -120,7 +120,8 @@ def contrastive_batch(source, embedder: Embedder):
 
 def contrastive_stage(cfg, workdir: Path, source, embedder: Embedder, model) -> tuple:
     """The contrastive model ``(graphdef, params)``, trained (or resumed) in
-    ``<workdir>/contrastive``: LoRA adapters merged into the base (``contrastive.train``
+    ``contrastive_workdir`` (default ``<workdir>/contrastive``; RL runs of one seed may share
+    it): LoRA adapters merged into the base (``contrastive.train``
     "lora", the paper's), or every weight ("all": a tiny random model has no pretraining)."""
     graphdef, params = model
     section = cfg.contrastive
@@ -142,7 +143,8 @@ def contrastive_stage(cfg, workdir: Path, source, embedder: Embedder, model) -> 
     settings = base.ret_sampling(cfg.embedder.summary_tokens, section.sampling_temperature)
     rollout = own_summaries(graphdef, base.grid, settings, base.ret_id, adapters=adapters)
     step = with_rollout(loss, rollout, 1)
-    directory = workdir / CONTRASTIVE_DIR
+    shared = cfg.get("contrastive_workdir", "")
+    directory = Path(shared) if shared else workdir / CONTRASTIVE_DIR
     stage = Stage(section, directory, params, step, seed=cfg.seed, mesh=embedder.mesh, frozen=rest)
     data = None if stage.finished else contrastive_indices(cfg)
     trained = stage.run(data, place=contrastive_batch(source, embedder)).params
@@ -259,12 +261,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     curve.record(0, lambda: evaluator(stage.state.params, rest))
     rl_started = time.perf_counter()
     data = place = None
-    if not stage.finished:
+    if cfg.train.steps and not stage.finished:
         adapters = stage.state.params
         data, place = rl_data(cfg, source, embedder, evaluator.embed, adapters, rest)
-    stops = sorted(
-        {*range(cfg.train.eval_every, cfg.train.steps, cfg.train.eval_every), cfg.train.steps}
-    )
+    every, steps = cfg.train.eval_every, cfg.train.steps
+    stops = sorted({*range(every, steps, every), steps} - {0})  # train.steps 0: no RL stage
     for stop in stops:
         adapters = stage.run(data, place=place, until=stop).params
         curve.record(stop, lambda a=adapters: evaluator(a, rest))

@@ -5,8 +5,9 @@ UniIR's Recall@K over that pool.
 A query's instruction is one of its row's prompts in the instruction TSV, chosen by its qid (so
 every run and every evaluation shows it the same one). Images are resized to the embedder's
 square; a text-only input shows none. Bad rows (unreadable lines, missing images, unknown
-candidates, queries without an instruction row or a positive in the pool) are skipped and
-counted under their file and line (``strict`` raises on the first).
+candidates, instruction rows that match no task, queries without an instruction row or a
+positive in the pool) are skipped and counted under their file and line (``strict`` raises on
+the first).
 """
 
 from __future__ import annotations
@@ -68,8 +69,17 @@ class MBEIRRows:
     def __init__(self, data: ml_collections.ConfigDict, split: str, image_size: int):
         self.root, self.size = data.root, image_size
         self.bad = BadRows(strict=data.strict)
-        self.instructions = mbeir.read_instructions(mbeir.instructions_path(data.root), self.bad)
+        self.instructions = self._instructions(mbeir.instructions_path(data.root))
         self.pairs = [self._read(d, t, split) for d, t in pairs_of(data)]
+
+    def _instructions(self, path) -> dict[tuple[int, str, str], tuple[str, ...]]:
+        """The instruction rows; one whose modalities are no M-BEIR task's is a bad row."""
+        table = mbeir.read_instructions(path, self.bad)
+        tasks = set(mbeir.TASKS.values())
+        for key in [k for k in table if k[1:] not in tasks]:
+            self.bad.skip(str(path), "unknown_task", f"row {key}: its modalities are no task's")
+            del table[key]
+        return table
 
     def _read(self, dataset: str, task: int, split: str) -> Pair:
         pool = mbeir.read_pool(

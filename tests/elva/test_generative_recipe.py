@@ -13,12 +13,12 @@ import sys
 import jax
 import numpy as np
 import pytest
+from elva_generative_tiny import CONFIG, TINY, tiny_config
 from fast_xla import fast_compile, subprocess_env
-from paths import CONFIGS
 from qwen_checkpoints import tiny_vlm
 
 from jaxrank import parallel
-from jaxrank.configs import ConfigError, apply_overrides, load_config_file
+from jaxrank.configs import ConfigError, load_config_file
 from jaxrank.data.multigrain import QUERY_SETS, TASKS, MultiGrain
 from jaxrank.data.synthetic import World, WorldConfig
 from jaxrank.elva.evaluation import multigrain_metrics
@@ -31,27 +31,6 @@ from jaxrank.models.lora import join_lora
 from jaxrank.vlm.base import load_model_and_inputs
 from jaxrank.vlm.finetune import with_adapters
 from jaxrank.vlm.programs import vlm_prompt
-
-CONFIG = CONFIGS / "elva" / "generative_synthetic.py"
-TINY = (
-    "world.num_entities=128",
-    "world.image_size=16",
-    "embedder.image_size=16",
-    "embedder.summary_tokens=4",
-    "embedder.tiny.vocab_size=300",
-    "embedder.tiny.width=32",
-    "embedder.tiny.depth=1",
-    "embedder.tiny.mlp_dim=48",
-    "embedder.tiny.vision_depth=1",
-    "embedder.tiny.vision_width=32",
-    "benchmark.min_fine_neighbours=1",
-    "lora.rank=4",
-    "mining.threshold=1.5",  # an untrained embedder scores many entries > 0.99
-)
-
-
-def tiny_config(*extra: str):
-    return apply_overrides(load_config_file(CONFIG), [*TINY, *extra])
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ end to end with a tiny random embedder."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from paths import CONFIGS, FIXTURES
 
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
 from jaxrank.data import mbeir
+from jaxrank.data.errors import DataError
 from jaxrank.elva.mbeir_rows import MBEIRRows, pairs_of, recall_report
 
 ROOT = FIXTURES / "mbeir"
@@ -43,6 +45,45 @@ def test_rows_follow_the_files_and_bad_rows_are_counted():
     texts = rows.candidate_rows(coco, coco.dids)
     assert not texts["has_image"].any() and texts["texts"][0] == coco.pool[coco.dids[0]].txt
     assert rows.positive(coco, coco.queries[0]) == coco.dids.index("9:2")
+
+
+def _fixture_with_bad_rows(tmp_path):
+    """The fixture plus an instruction row for no task's modalities (video), and two queries
+    in MSCOCO's file: one of a dataset (id 7) with no instruction row, one whose qrels name no
+    relevant candidate."""
+    root = tmp_path / "mbeir"
+    shutil.copytree(ROOT, root)
+    with (root / "instructions" / "query_instructions.tsv").open("a") as f:
+        f.write("video\ttext\tMSCOCO\t9\tFind the clip.\n")
+    image = "mbeir_images/mscoco_images/val2014/COCO_val2014_000000000001.jpg"
+    queries = [
+        {"qid": "7:20", "query_img_path": image},
+        {"qid": "9:21", "query_img_path": image},
+    ]
+    with (root / "query" / "test" / "mbeir_mscoco_task3_test.jsonl").open("a") as f:
+        for query in queries:
+            row = {**query, "query_txt": None, "query_modality": "image", "task_id": 3}
+            row |= {"query_src_content": None, "pos_cand_list": ["9:2"], "neg_cand_list": []}
+            f.write(json.dumps(row) + "\n")
+    with (root / "qrels" / "test" / "mbeir_mscoco_task3_test_qrels.txt").open("a") as f:
+        f.write("7:20 0 9:2 1 3\n9:21 0 9:3 0 3\n")  # 9:21's only listed one is not relevant
+    return root
+
+
+def test_unmatched_instructions_and_queries_without_a_positive_are_counted(tmp_path):
+    root = _fixture_with_bad_rows(tmp_path)
+    rows = MBEIRRows(_data(f"data.root={root}"), "test", 16)
+    skipped = rows.bad.report()["skipped"]
+    before = MBEIRRows(_data(), "test", 16).bad.report()["skipped"]
+    added = {k: n - before.get(k, 0) for k, n in skipped.items() if n != before.get(k, 0)}
+    assert added == {"unknown_task": 1, "no_instruction": 1, "no_positive": 1}
+    assert (9, "video", "text") not in rows.instructions
+    assert [q.qid for q in rows.pairs[0].queries] == ["9:1", "9:4"]  # as without the rows
+    tsv = root / "instructions" / "query_instructions.tsv"
+    header, *_, video = tsv.read_text().splitlines(keepends=True)
+    tsv.write_text(header + video)  # the fixture's own bad rows would raise first
+    with pytest.raises(DataError, match=r"unknown_task: row \(9, 'video', 'text'\)"):
+        MBEIRRows(_data(f"data.root={root}", "data.strict=True"), "test", 16)
 
 
 def test_unknown_pair_is_refused():
