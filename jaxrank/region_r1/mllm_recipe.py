@@ -8,7 +8,8 @@ Qwen2.5-VL-shaped model for CPU runs) -> a supervised warm start on correctly fo
 (``checkpoints/``) -> evaluation of the trained and the warm-start policy (greedy) against the
 baselines, with the structured recipe's report.
 
-One r-GRPO step is ``mllm_step.GRPOStep``.
+One r-GRPO step is one compiled program (``mllm_step.make_step``); the host only tokenises each
+batch's prompts when it places the batch.
 """
 
 from __future__ import annotations
@@ -34,16 +35,13 @@ from jaxrank.region_r1.mllm_policy import (
     build_base,
     completion_text,
 )
-from jaxrank.region_r1.mllm_step import GRPOStep, sampling_settings
+from jaxrank.region_r1.mllm_step import BATCH_KEYS, make_step, sampling_settings
 from jaxrank.region_r1.scorer import Scorer, query_set
 from jaxrank.train.checkpoint import Checkpointer
 from jaxrank.train.stage import Stage, supervised
 from jaxrank.train.workdir import WorkdirError, prepare_workdir
 from jaxrank.vlm.finetune import answer_nll_loss, with_adapters
 from jaxrank.vlm.programs import make_sampler
-
-QUERY_KEYS = ("images", "boxes", "pool_ids", "labels", "pool_valid", "rows")
-
 
 # ---- supervised warm start -------------------------------------------------------------------
 
@@ -156,6 +154,14 @@ def evaluate(cfg, base, graphdef, adapters, rest, frozen, scorer, query_sets, me
 # ---- the run ---------------------------------------------------------------------------------
 
 
+def place_step_batch(base: CropPolicyBase, questions, mesh, batch: dict[str, np.ndarray]):
+    """A training batch on the mesh, its queries' prompts tokenised (the host's only work in
+    a step)."""
+    rows = batch.pop("rows")
+    prompts = base.prompts([questions[r] for r in rows], batch["images"])
+    return parallel.shard_batch({**batch, **prompts}, mesh)
+
+
 def _train_queries(cfg, scorer, mesh) -> dict[str, Any]:
     if _benchmark(cfg) == "synthetic":
         presets = tuple(cfg.data.train_presets)
@@ -222,24 +228,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     # The reference policy is the base itself (adapters off), so frozen holds no "ref".
     kb = parallel.put_replicated(scorer.kb, mesh)
     frozen = {"kb": kb, "scorer": scorer.params, "base": rest}
-    step = functools.partial(GRPOStep, cfg, base, graphdef, scorer, questions=questions, mesh=mesh)
-    stage = Stage(
-        cfg.train,
-        workdir,
-        adapters,
-        step,
-        seed=cfg.seed,
-        mesh=mesh,
-        frozen=frozen,
-        host_driven=True,
-    )
+    step = make_step(cfg, base, graphdef, scorer)
+    stage = Stage(cfg.train, workdir, adapters, step, seed=cfg.seed, mesh=mesh, frozen=frozen)
     train_started = time.perf_counter()
-    batches = (
-        None
-        if finished
-        else array_batches({k: train[k] for k in QUERY_KEYS}, cfg.train.batch_size, cfg.seed)
-    )
-    state = stage.run(batches, place=lambda batch: batch)  # the step places its own parts
+    batches = None
+    if not finished:
+        keys = [k for k in (*BATCH_KEYS, "pool_scores", "rows") if k in train]
+        batches = array_batches({k: train[k] for k in keys}, cfg.train.batch_size, cfg.seed)
+    place = functools.partial(place_step_batch, base, questions, mesh)
+    state = stage.run(batches, place=place)
     with jax.set_mesh(mesh):
         train_seconds = time.perf_counter() - train_started
         query_sets = _eval_queries(cfg, scorer, mesh)
@@ -252,7 +249,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
         "sft_seconds": sft_seconds,
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - started,
-        "step_profile": stage.step_fn.profile() if stage.step_fn.steps else {},
         "data": {name: q["report"] for name, q in query_sets.items() if "report" in q},
     }
     evaluation.write_report(

@@ -75,13 +75,17 @@ def query_set(
     entity = np.concatenate([p["entity"] for p in parts])
     questions = [q for p in parts for q in p["questions"]]
     embeddings = scorer.full_image_embeddings(images, cfg.eval.batch_size, mesh)
-    pools = scorer.index.search(embeddings, cfg.data.pool_size).ids
+    found = scorer.index.search(embeddings, cfg.data.pool_size)
+    pools = found.ids
     queries = {
         "images": images,
         "boxes": np.concatenate([p["boxes"] for p in parts]).astype(np.float32),
         "pool_ids": np.maximum(pools, 0).astype(np.int32),
         "labels": (pools == entity[:, None]).astype(np.float32),
         "pool_valid": pools >= 0,
+        # The first stage's full-image ranking, which the MLLM step reuses instead of
+        # re-embedding the image (empty slots score -1: below any cosine).
+        "pool_scores": np.where(pools >= 0, found.scores, -1.0).astype(np.float32),
         "questions": questions,
     }
     if "max_len" in cfg.policy:  # the structured policy reads the question's word ids

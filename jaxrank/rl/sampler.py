@@ -12,6 +12,7 @@ before top-k / top-p truncation: the quantity a GRPO ratio and a teacher-forced 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -78,10 +79,18 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
-def _choose(logits: jax.Array, rng: jax.Array, settings: SamplingSettings) -> jax.Array:
+# (step t, logits shape) -> Gumbel noise of that shape: the draw of step t
+Noise = Callable[[jax.Array, tuple[int, ...]], jax.Array]
+
+
+def _choose(
+    logits: jax.Array, rng: jax.Array, settings: SamplingSettings, noise: jax.Array | None = None
+) -> jax.Array:
     if settings.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
+    if noise is not None:  # what jax.random.categorical computes, with the caller's noise
+        return jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
     return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
 
@@ -93,6 +102,7 @@ def generate(
     samples_per_prompt: int = 1,
     cache_dtype: DTypeLike | None = None,
     forced: jax.Array | None = None,
+    noise: Noise | None = None,
 ) -> Completions:
     """``samples_per_prompt`` completions of every prompt row, rows ordered prompt-major
     (row b*G + g is sample g of prompt b). Call inside ``jax.jit`` (see ``Sampler``).
@@ -101,6 +111,11 @@ def generate(
     ``forced[row, t] >= 0`` the row's token t is that id (its log-prob is still the policy's,
     so a loss can weigh it); -1 samples as usual. Region-R1's decision balancing uses it to make
     a completion open with the other decision.
+
+    ``noise(t, shape)`` gives step t's Gumbel noise ``[B*G, V]`` instead of
+    ``jax.random.categorical``'s own draw with ``fold_in(rng, t)`` (which equals
+    ``jax.random.gumbel(fold_in(rng, t), shape)``): a caller that decodes extra rows can give
+    each one the draw some other call would have made (``region_r1.mllm_rollout``).
     """
     new = settings.max_new_tokens
     out = prefill(lm, prompt, new, cache_dtype)
@@ -113,7 +128,8 @@ def generate(
 
     def body(carry):
         t, logits, cache, done, tokens, log_probs = carry
-        token = _choose(logits, jax.random.fold_in(rng, t), settings)
+        drawn = None if noise is None else noise(t, logits.shape)
+        token = _choose(logits, jax.random.fold_in(rng, t), settings, drawn)
         if forced is not None:
             prefix = forced[:, jnp.minimum(t, forced.shape[1] - 1)]
             token = jnp.where((t < forced.shape[1]) & (prefix >= 0), prefix, token)

@@ -23,7 +23,7 @@ from jaxrank.models.lm_scoring import completion_log_probs
 from jaxrank.models.lora import join_lora
 from jaxrank.models.qwen_vision import Grid
 from jaxrank.models.vlm import VisionLanguageModel
-from jaxrank.rl.sampler import Completions, SamplingSettings, generate
+from jaxrank.rl.sampler import Completions, Noise, SamplingSettings, generate
 
 PROMPT_KEYS = ("tokens", "mask", "positions", "patches")
 
@@ -41,6 +41,26 @@ def vlm_prompt(model: VisionLanguageModel, batch: dict[str, Any], grid: Grid) ->
     )
 
 
+def sampler_fn(
+    graphdef: nnx.GraphDef,
+    settings: SamplingSettings,
+    group: int,
+    grid: Grid,
+    cache_dtype: DTypeLike | None = None,
+) -> Callable[..., Completions]:
+    """``sample(adapters, base, batch, rng, forced, noise=None) -> Completions`` ``[B*G, N]``,
+    to call inside a jitted step; no dropout. ``forced`` ``[B*G, F]`` (``-1`` = sample) and
+    ``noise`` are ``rl.sampler.generate``'s."""
+
+    def sample(adapters, base, batch, rng, forced, noise: Noise | None = None):
+        model = nnx.view(join_lora(graphdef, adapters, base), deterministic=True)
+        prompt = vlm_prompt(model, batch, grid)
+        lm = model.language_model
+        return generate(lm, prompt, rng, settings, group, cache_dtype, forced, noise)
+
+    return sample
+
+
 def make_sampler(
     graphdef: nnx.GraphDef,
     settings: SamplingSettings,
@@ -48,16 +68,12 @@ def make_sampler(
     grid: Grid,
     cache_dtype: DTypeLike | None = None,
 ) -> Callable[..., Completions]:
-    """``sample(adapters, base, batch, rng, forced) -> Completions`` ``[B*G, N]``, jitted; no
-    dropout. ``forced`` ``[B*G, F]`` (``-1`` = sample) is ``rl.sampler.generate``'s prefix."""
-
-    @jax.jit
-    def sample(adapters, base, batch, rng, forced):
-        model = nnx.view(join_lora(graphdef, adapters, base), deterministic=True)
-        prompt = vlm_prompt(model, batch, grid)
-        return generate(model.language_model, prompt, rng, settings, group, cache_dtype, forced)
-
-    return sample
+    """``sampler_fn``'s program jitted on its own: ``sample(adapters, base, batch, rng,
+    forced)``."""
+    sample = sampler_fn(graphdef, settings, group, grid, cache_dtype)
+    return jax.jit(
+        lambda adapters, base, batch, rng, forced: sample(adapters, base, batch, rng, forced)
+    )
 
 
 def completion_log_probs_fn(

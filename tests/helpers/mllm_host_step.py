@@ -1,10 +1,13 @@
-"""The r-GRPO step of the vision-language crop policy (Region-R1 as published).
+"""The host-driven r-GRPO step of the vision-language crop policy, as the recipe ran it before
+``region_r1.mllm_step`` made it one program: the reference the tests and
+``scripts/bench_grpo.py`` compare the compiled step with.
 
 The jitted sampler writes G completions per query; the host decodes and parses them
 (``crop_tool``); groups that came out all one decision get one slot re-generated with the
-other decision's opening forced (``rl.sampling.slots_to_flip``); one jitted program crops,
-scores the pool and computes rewards and advantages (``r_grpo.make_judge``); one jitted update
-applies the token-level clipped loss with the k3 KL to the base (adapters off).
+other decision's opening forced (``rl.sampling.slots_to_flip``): a second decoding pass of all
+B x G rows, of which the flipped ones are kept. One jitted program crops, scores the pool and
+computes rewards and advantages (``r_grpo.make_judge``); one jitted update applies the
+token-level clipped loss with the k3 KL to the base (adapters off).
 """
 
 from __future__ import annotations
@@ -14,31 +17,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from jaxrank import parallel
 from jaxrank.perf import flop_count
-from jaxrank.region_r1 import crop_tool, r_grpo
+from jaxrank.region_r1 import r_grpo
 from jaxrank.region_r1.mllm_policy import CropPolicyBase
+from jaxrank.region_r1.mllm_step import forced_openings, sampling_settings
 from jaxrank.rl.sampling import slots_to_flip
 from jaxrank.rl.token_grpo import make_token_grpo_loss
 from jaxrank.train.step import TrainState, make_train_step
 from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
-
-
-def sampling_settings(cfg: ml_collections.ConfigDict, base: CropPolicyBase, greedy: bool):
-    """The policy's sampling settings: the config's temperature, or greedy decoding."""
-    temperature = 0.0 if greedy else cfg.policy.temperature
-    return base.sampling(cfg.policy.max_new_tokens, temperature)
-
-
-def forced_openings(base: CropPolicyBase) -> dict[int, list[int]]:
-    """The token ids a forced slot opens with, per decision it is forced to."""
-    return {
-        crop_tool.FULL: base.token_ids(crop_tool.NO_CROP),
-        crop_tool.REGION: base.token_ids(crop_tool.CALL_OPEN),
-    }
 
 
 class GRPOStep:
@@ -60,6 +49,7 @@ class GRPOStep:
         loss = make_token_grpo_loss(graphdef, log_probs, self.rl.grpo)
         self.update = jax.jit(make_train_step(loss, optimizer), donate_argnums=0)
         self.seconds = dict.fromkeys(("rollout", "parse", "reward", "update"), 0.0)
+        self.decoding_passes = 0  # sampler calls, every step's
         self.steps = 0  # timed steps: every step after the first (which compiles)
         self.tokens = 0
         self.first_step_seconds = 0.0
@@ -83,18 +73,16 @@ class GRPOStep:
             forced[row, : len(opening)] = opening
         return forced
 
-    def __call__(self, state: TrainState, batch: dict[str, np.ndarray], frozen: dict[str, Any]):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        sample_key, flip_key, resample_key = jax.random.split(jax.random.fold_in(key, 1), 3)
-        b, g = len(batch["rows"]), self.group
-        prompts = parallel.shard_batch(
-            self.base.prompts([self.questions[r] for r in batch["rows"]], batch["images"]),
-            self.mesh,
-        )
-        size = batch["images"].shape[1:3]
+    def rollout(self, adapters, base_params, prompts, keys, size):
+        """The two-pass balanced rollout with ``keys`` = (sample, flip, resample): tokens, mask
+        and log-probs ``[B*G, N]``, decisions ``[B*G]``, original-frame boxes ``[B*G, 4]``, the
+        parser's outcome counts and the flipped slots ``[B, G]``."""
+        sample_key, flip_key, resample_key = keys
+        b, g = prompts["tokens"].shape[0], self.group
         free = np.full((b * g, 1), -1, np.int32)
+        self.decoding_passes += 1
         sampled = self._timed(
-            "rollout", self.sample, state.params, frozen["base"], prompts, sample_key, free
+            "rollout", self.sample, adapters, base_params, prompts, sample_key, free
         )
         tokens, mask, log_probs = (
             np.array(x) for x in (sampled.tokens, sampled.mask, sampled.log_probs)
@@ -104,9 +92,10 @@ class GRPOStep:
         if self.rl.balanced:
             flip = np.asarray(slots_to_flip(flip_key, jnp.asarray(decisions.reshape(b, g))))
         if flip.any():
+            self.decoding_passes += 1
             forced = self._forced(flip, decisions)
             again = self._timed(
-                "rollout", self.sample, state.params, frozen["base"], prompts, resample_key, forced
+                "rollout", self.sample, adapters, base_params, prompts, resample_key, forced
             )
             rows = flip.reshape(-1)
             tokens[rows], mask[rows], log_probs[rows] = (
@@ -118,6 +107,20 @@ class GRPOStep:
             decisions[rows], boxes[rows], _ = self._timed(
                 "parse", self.base.read, tokens[rows], mask[rows], size
             )
+        return tokens, mask, log_probs, decisions, boxes, counts, flip
+
+    def __call__(self, state: TrainState, batch: dict[str, np.ndarray], frozen: dict[str, Any]):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        keys = jax.random.split(jax.random.fold_in(key, 1), 3)
+        b, g = len(batch["rows"]), self.group
+        prompts = parallel.shard_batch(
+            self.base.prompts([self.questions[r] for r in batch["rows"]], batch["images"]),
+            self.mesh,
+        )
+        size = batch["images"].shape[1:3]
+        tokens, mask, log_probs, decisions, boxes, counts, flip = self.rollout(
+            state.params, frozen["base"], prompts, keys, size
+        )
         places = lambda tree: parallel.shard_batch(tree, self.mesh)
         judged = places(
             {k: batch[k] for k in ("images", "pool_ids", "labels", "pool_valid", "boxes")}

@@ -7,61 +7,38 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from fast_xla import fast_compile
-from flax import nnx
+from mllm_tiny import (
+    POOL,
+    QUESTIONS,
+    B,
+    ColourScorer,
+    G,
+    images,
+    judged_batch,
+    step_config,
+    tiny_policy_config,
+    update_inputs,
+)
 
 from jaxrank import parallel
 from jaxrank.region_r1 import crop_tool
 from jaxrank.region_r1.mllm_policy import build_base, completion_text
-from jaxrank.region_r1.mllm_step import GRPOStep, forced_openings, sampling_settings
+from jaxrank.region_r1.mllm_recipe import place_step_batch
+from jaxrank.region_r1.mllm_step import forced_openings, make_step
 from jaxrank.rl.grpo import GRPOConfig, dr_grpo_advantages
 from jaxrank.rl.token_grpo import make_token_grpo_loss
 from jaxrank.train.step import TrainState, make_train_step
-from jaxrank.vlm.finetune import with_adapters
 from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
-
-B, G, NEW = 4, 2, 12
-QUESTIONS = ["which object is red?", "what is in the top left?", "the striped one?", "blue?"]
-
-
-def _cfg() -> ml_collections.ConfigDict:
-    tiny = {
-        "vocab_size": 400,
-        "width": 32,
-        "depth": 1,
-        "heads": 4,
-        "kv_heads": 2,
-        "mlp_dim": 48,
-        "vision_depth": 1,
-        "vision_width": 32,
-        "vision_heads": 2,
-        "patch_size": 8,
-    }
-    policy = {
-        "checkpoint": "",
-        "dtype": "float32",
-        "image_size": 48,
-        "max_new_tokens": NEW,
-        "temperature": 1.0,
-        "short_system_prompt": True,
-        "tiny": tiny,
-    }
-    lora = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": "all-linear"}
-    return ml_collections.ConfigDict({"seed": 0, "policy": policy, "lora": lora})
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
-    return build_base(_cfg(), tmp_path_factory.mktemp("policy"), QUESTIONS, mesh)
-
-
-def _images() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (B, 96, 96, 3), dtype=np.uint8)
+    return build_base(tiny_policy_config(), tmp_path_factory.mktemp("policy"), QUESTIONS, mesh)
 
 
 def test_taught_answers_read_back_in_the_original_frame(base):
@@ -86,7 +63,7 @@ def test_taught_answers_read_back_in_the_original_frame(base):
 
 
 def test_prompts_hold_one_image_per_row(base):
-    prompts = base.prompts(QUESTIONS, _images())
+    prompts = base.prompts(QUESTIONS, images())
     image_tokens = (prompts["tokens"] == base.inputs.image_token_id).sum(axis=1)
     np.testing.assert_array_equal(image_tokens, 9)  # 6 x 6 patches merged 2 x 2
     assert prompts["patches"].shape[:2] == (B, 36)
@@ -100,25 +77,13 @@ def test_forced_openings_decode_to_the_decision_markers(base):
     assert decode(openings[crop_tool.REGION]) == crop_tool.CALL_OPEN
 
 
-def _update_inputs(base):
-    """The tiny policy with LoRA adapters that look trained, and its sampling settings."""
-    cfg = _cfg()
-    graphdef, params = nnx.split(base.model, nnx.Param)
-    graphdef, adapters, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
-    adapters = jax.tree.map(
-        lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), adapters
-    )
-    settings = sampling_settings(cfg, base, greedy=False)
-    return graphdef, adapters, rest, settings
-
-
 @fast_compile()  # compilation is most of its time; both meshes compile alike
 def _step(base, mesh):
     """Sample G completions per prompt and take one r-GRPO update on ``mesh``."""
-    graphdef, adapters, rest, settings = _update_inputs(base)
+    graphdef, adapters, rest, settings = update_inputs(base)
     put = lambda tree: parallel.shard_batch(tree, mesh)
     adapters, rest = parallel.put_replicated((adapters, rest), mesh)
-    prompts = put(base.prompts(QUESTIONS, _images()))
+    prompts = put(base.prompts(QUESTIONS, images()))
     sample = make_sampler(graphdef, settings, G, base.grid)
     with jax.set_mesh(mesh):
         out = sample(adapters, rest, prompts, jax.random.key(1), np.full((B * G, 1), -1, np.int32))
@@ -147,73 +112,35 @@ def test_sharded_step_equals_single_device(base):
     tokens_8, adapters_8, loss_8 = _step(base, eight)
     np.testing.assert_array_equal(tokens_1, tokens_8)
     np.testing.assert_allclose(loss_1, loss_8, rtol=1e-5)
-    before = jax.tree.leaves(_update_inputs(base)[1])
+    before = jax.tree.leaves(update_inputs(base)[1])
     moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(adapters_1), before, strict=True)]
     assert min(moved) > 1e-6  # every adapter got a gradient
     for a, b in zip(jax.tree.leaves(adapters_1), jax.tree.leaves(adapters_8), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
-def _colour_embed(params, pixels):
-    del params
-    mean = pixels.mean(axis=(1, 2)) / 255.0 - 0.4
-    return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
-
-
-class _ColourScorer:
-    """A stand-in for the frozen scorer: mean colour (the step, not the scorer, is tested)."""
-
-    embed = staticmethod(_colour_embed)
-    input_size = 8
-
-
-def _step_inputs(base):
-    cfg = _cfg()
-    cfg.rl = {
-        "num_generations": G,
-        "advantage": "dr_grpo",
-        "eps_low": 0.2,
-        "eps_high": 0.2,
-        "beta": 0.1,
-        "aggregation": "seq_mean",
-        "updates_per_batch": 1,
-        "balanced": True,
-        "forced_in_loss": True,
-    }
-    cfg.reward = {"weights": (0.2, 0.2, 0.2, 0.4), "floor": -0.05, "scale": 5.0}
-    cfg.reward.invalid_reward = -1.0
+def test_compiled_step_is_a_function_of_the_state(base):
+    """One jitted program per step (``mllm_step.make_step`` through ``Stage``'s jit): every
+    draw is keyed by the state's rng and step, so the same state gives the same update (what
+    exact resumption needs), and a one-sided group gets its forced slot."""
+    cfg = step_config()
     mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
-    graphdef, adapters, rest, _ = _update_inputs(base)
+    graphdef, adapters, rest, _ = update_inputs(base, cfg)
     optimizer = optax.adam(1e-2)
-    step = GRPOStep(cfg, base, graphdef, _ColourScorer(), optimizer, QUESTIONS, mesh)
-    pool = np.array([[1.0, 1.0, 1.0], [0.6, -0.4, -0.4], [-0.4, -0.4, 0.6]], np.float32)
-    frozen = {"kb": jnp.asarray(pool), "scorer": None, "base": rest}
-    batch = {
-        "images": _images(),
-        "boxes": np.tile(np.asarray([[0, 0, 48, 48]], np.float32), (B, 1)),
-        "pool_ids": np.tile(np.arange(3, dtype=np.int32), (B, 1)),
-        "labels": np.tile(np.asarray([[0, 1, 0]], np.float32), (B, 1)),
-        "pool_valid": np.ones((B, 3), bool),
-        "rows": np.arange(B, dtype=np.int32),
-    }
-    return step, TrainState.create(adapters, optimizer, 0), batch, frozen
-
-
-def test_grpo_step_is_a_function_of_the_state(base):
-    """Every draw is keyed by the state's rng and step: the same state gives the same update
-    (what exact resumption needs), and a one-sided group gets its forced slot."""
+    step = jax.jit(make_step(cfg, base, graphdef, ColourScorer())(optimizer))
+    frozen = {"kb": jnp.asarray(POOL), "scorer": None, "base": rest}
+    batch = place_step_batch(base, QUESTIONS, mesh, judged_batch())
     with fast_compile():
-        step, state, batch, frozen = _step_inputs(base)
-        copy = jax.tree.map(jnp.copy, state)
+        state = TrainState.create(adapters, optimizer, 0)
         first, metrics = step(state, batch, frozen)
-        counted = step.matmul_flops  # the first step's FLOPs, for the throughput log
-        again, metrics_again = step(copy, batch, frozen)
-    assert counted > 0 and step.matmul_flops == counted
+        again, metrics_again = step(state, batch, frozen)
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
     assert metrics["loss"] == metrics_again["loss"]
     # The random tiny model writes no tool call: every group is all FULL, so one slot per
-    # group opens with <tool_call> instead.
-    assert metrics["outcome/no_tool_call"] + metrics["outcome/no_crop"] == 1.0
+    # group opens with <tool_call> instead (and, unable to write a box, reads as truncated or
+    # malformed: still FULL).
     assert metrics["forced_rate"] == 1 / G
+    assert metrics["outcome/no_tool_call"] + metrics["outcome/no_crop"] == 1 - 1 / G
+    assert sum(float(v) for k, v in metrics.items() if k.startswith("outcome/")) == 1.0
     assert int(first.step) == 1
