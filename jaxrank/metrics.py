@@ -16,6 +16,10 @@ any relevant candidate is in the top k); ``fraction_recall_at_k`` is the textboo
 ranx and trec_eval call ``recall``. ``ndcg`` uses graded labels linearly, gain / log2(rank + 1),
 which is ranx's ``ndcg`` (Järvelin & Kekäläinen), not ``ndcg_burges`` (2^gain - 1). Any label
 > 0 is relevant; ranx's default keeps only labels >= 1, so fractional grades below 1 differ.
+
+Graded pools: ``positives(labels, valid, "top_grade")`` keeps only the labels equal to the pool's
+highest, the rule of Region-R1's released ``calculate_mrr`` (``src/utils.py``); ``"any"`` is the
+> 0 rule above (UniIR's ``load_qrel``, EchoSight's entity match). ``ranking_report`` takes either.
 """
 
 from __future__ import annotations
@@ -33,6 +37,23 @@ def _valid_or_all(relevance: jax.Array, valid: jax.Array | None) -> jax.Array:
 
 def _is_relevant(relevance: jax.Array, valid: jax.Array | None) -> jax.Array:
     return (jnp.asarray(relevance) > 0) & _valid_or_all(relevance, valid)
+
+
+POSITIVES = ("any", "top_grade")
+
+
+def positives(labels: jax.Array, valid: jax.Array | None = None, rule: str = "any") -> jax.Array:
+    """The relevant candidates of graded ``labels [..., K]``: ``"any"`` label > 0;
+    ``"top_grade"`` label == the highest label among the real candidates, when that is > 0.
+    Boolean ``[..., K]``, padding never relevant."""
+    labels = jnp.asarray(labels)
+    real = _valid_or_all(labels, valid)
+    if rule == "any":
+        return (labels > 0) & real
+    if rule == "top_grade":
+        top = jnp.where(real, labels, -jnp.inf).max(axis=-1, keepdims=True)
+        return (labels == top) & (top > 0) & real
+    raise ValueError(f"positives rule must be one of {POSITIVES}, got {rule!r}")
 
 
 def _check_cutoff(k: int | None) -> None:
@@ -190,16 +211,19 @@ def ranking_report(
     relevance: jax.Array,
     valid: jax.Array | None = None,
     ks: Sequence[int] = (1, 5, 10),
+    rule: str = "any",
 ) -> dict[str, jax.Array]:
     """Batch means of the metrics the papers report: MRR, NDCG, R@k (hit rate) and CondR@k.
 
     MRR, NDCG and R@k average over every query (a query without a positive scores 0);
-    ``num_with_positive`` is the CondR@k denominator.
+    ``num_with_positive`` is the CondR@k denominator. ``rule`` picks the relevant candidates of
+    graded labels (``positives``); NDCG weighs the graded labels either way.
     """
+    graded, relevance = relevance, positives(relevance, valid, rule)
     positive = has_positive(relevance, valid)
     report = {
         "mrr": jnp.mean(reciprocal_rank(scores, relevance, valid=valid)),
-        "ndcg": jnp.mean(ndcg(scores, relevance, valid=valid)),
+        "ndcg": jnp.mean(ndcg(scores, graded, valid=valid)),
         "num_with_positive": positive.sum(dtype=jnp.int32),
     }
     for k in ks:

@@ -80,8 +80,20 @@ def get_config() -> ml_collections.ConfigDict:
             "forced_in_loss": True,
         }
     )
+    # The paper's (and the released main.py's) constants; the other keys select the released
+    # code's variants (region_r1/reward.py, docs/FIDELITY.md).
     c.reward = ml_collections.ConfigDict(
-        {"weights": (0.2, 0.2, 0.2, 0.4), "floor": -0.05, "scale": 5.0, "invalid_reward": -1.0}
+        {
+            "weights": (0.2, 0.2, 0.2, 0.4),
+            "floor": -0.05,
+            "scale": 5.0,
+            "invalid_reward": -1.0,
+            "kind": "difference",  # or "absolute": 0.5 MRR + 0.5 NDCG of the action's ranking
+            "positives": "any",  # label > 0; "top_grade": label == max(labels), as released
+            # reward of a box whose released crop raises (a side < 1 px); unset: scored as a crop
+            "crop_error_reward": ml_collections.config_dict.placeholder(float),
+            "crop_view": "stretch",  # or "released": PIL crop, smart_resize, CLIP processor
+        }
     )
     c.train = ml_collections.ConfigDict(
         {
@@ -108,6 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
             "centre_fraction": 0.5,
             "random_fraction": (0.3, 0.7),
             "gallery_queries": 16,
+            "positives": "any",  # graded labels: "top_grade" as the released metrics
+            "skip_failed_crops": False,  # True: drop queries whose released crop raises
         }
     )
     return c

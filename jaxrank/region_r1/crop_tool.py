@@ -44,6 +44,11 @@ Frames. Qwen2.5-VL sees the image after ``smart_resize`` (sides multiples of 28)
 absolute pixels of that resized image, so a box is read in the model's frame and scaled to the
 original image's pixels before the crop operator (``to_original_frame``). Coordinates are pixel
 edges (x2/y2 exclusive, as the crop operator takes them), so the map is a pure scale per axis.
+The released code (``src/rewards.py``, ``src/evaluate_cropping.py``) applies the box to the
+original image as written; the policy it trained learned that mapping, so ``box_in_image``
+offers both (``BOX_FRAMES``: ``"model"`` jaxrank's, ``"original"`` the released one). They agree
+up to the rounding of the sides to multiples of 28 below ``max_pixels`` and differ by the
+down-scaling above it.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrank.models.hf.qwen_vl_processor import smart_resize
@@ -72,6 +79,7 @@ OUTCOMES = (
     "truncated",
     "malformed",
 )
+BOX_FRAMES = ("model", "original")
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 16384 * 28 * 28
 
@@ -222,19 +230,45 @@ def to_original_frame(
 ) -> np.ndarray:
     """Boxes ``[..., 4]`` from the model's resized frame (height h, width w) to the original
     image's pixels (H, W): x scaled by W / w, y by H / h (float64)."""
-    (h, w), (height, width) = model_size, original_size
-    scale = np.asarray([width / w, height / h, width / w, height / h])
-    return np.asarray(box, np.float64) * scale
+    return box_in_image(np.asarray(box), model_size, original_size, "model")
+
+
+def box_in_image(
+    boxes: np.ndarray | jax.Array | Sequence[float],
+    model_sizes: np.ndarray | jax.Array | tuple[int, int],
+    original_sizes: np.ndarray | jax.Array | tuple[int, int],
+    frame: str = "model",
+) -> np.ndarray | jax.Array:
+    """Boxes ``[..., 4]`` as written by the model, in the original image's pixels: scaled from
+    the model's frame (``"model"``, jaxrank) or taken as written (``"original"``, the released
+    code). ``model_sizes`` / ``original_sizes`` are (height, width) ``[..., 2]`` (broadcast
+    against the boxes' leading axes). Pure and array-agnostic: numpy in gives numpy (float64),
+    ``jax.numpy`` in (traced or not) gives ``jax.numpy`` in the boxes' float dtype."""
+    if frame not in BOX_FRAMES:
+        raise ValueError(f"box frame must be one of {BOX_FRAMES}, got {frame!r}")
+    arrays = (boxes, model_sizes, original_sizes)
+    host = all(isinstance(a, np.ndarray | list | tuple) for a in arrays)
+    xp = np if host else jnp
+    boxes = xp.asarray(boxes, np.float64) if host else jnp.asarray(boxes)
+    if not xp.issubdtype(boxes.dtype, xp.floating):
+        boxes = boxes.astype(jnp.float32)
+    if frame == "original":
+        return boxes
+    ratio = xp.asarray(original_sizes, boxes.dtype) / xp.asarray(model_sizes, boxes.dtype)
+    per_corner = xp.stack([ratio[..., 1], ratio[..., 0]], axis=-1)  # (x, y)
+    return boxes * xp.concatenate([per_corner, per_corner], axis=-1)
 
 
 def actions_from_completions(
     texts: Sequence[str],
     model_sizes: Sequence[tuple[int, int]],
     original_sizes: Sequence[tuple[int, int]],
+    frame: str = "model",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Parse N completions into what ``jaxrank.region_r1.rerank.score_actions`` takes (reshape to
     ``[B, G]``): decisions int32 ``[N]``, boxes float32 ``[N, 4]`` in original pixels (zeros
-    for FULL), and how many completions each outcome decided (every outcome, zeros included)."""
+    for FULL; ``frame`` as ``box_in_image``), and how many completions each outcome decided
+    (every outcome, zeros included)."""
     if not len(texts) == len(model_sizes) == len(original_sizes):
         raise ValueError(
             f"{len(texts)} completions, {len(model_sizes)} model sizes and "
@@ -250,5 +284,5 @@ def actions_from_completions(
         counts[action.outcome] += 1
         if action.decision == REGION:
             decisions[i] = REGION
-            boxes[i] = to_original_frame(action.box, model_size, original_size)
+            boxes[i] = box_in_image(action.box, model_size, original_size, frame)
     return decisions, boxes, counts

@@ -5,6 +5,14 @@ same first-stage pool, all in one jitted call per batch: FULL image, centre crop
 oracle crop (the ground-truth box), the untrained policy (one sampled action) and the trained
 policy (greedy). Random draws are keyed by query index, so results do not depend on the batch
 size or the device count.
+
+Failed crops. A REGION box that is empty after clamping (or not finite) is scored with the full
+image and counted in ``invalid_boxes``. The released evaluation (taco-group/Region-R1
+``src/evaluate_cropping.py``) instead drops a sample whose crop raises (a side under one pixel,
+``rerank.released_crop_fails``) from every average; ``released_skips`` counts those, and
+``eval.skip_failed_crops`` (default False) drops them as it does. The scorer sees crops as
+``reward.crop_view`` says, as in training; ``eval.positives`` picks graded labels' positives
+(``metrics.positives``).
 """
 
 from __future__ import annotations
@@ -102,6 +110,7 @@ def make_evaluator(cfg, policy_actions: PolicyActions, scorer):
             boxes,
             pool,
             scorer.input_size,
+            _setting(cfg.get("reward"), "crop_view", "stretch"),
         )
         return {
             "scores": scored.scores,
@@ -109,9 +118,14 @@ def make_evaluator(cfg, policy_actions: PolicyActions, scorer):
             "decision": decisions,
             "boxes": boxes,
             "box_valid": scored.box_valid,
+            "crop_fails": scored.crop_fails,
         }
 
     return evaluate_batch
+
+
+def _setting(section: ml_collections.ConfigDict | None, key: str, default: Any) -> Any:
+    return section.get(key, default) if section is not None else default
 
 
 def strategy_metrics(
@@ -122,16 +136,32 @@ def strategy_metrics(
     labels: np.ndarray,
     pool_valid: np.ndarray,
     ks: tuple[int, ...],
+    crop_fails: np.ndarray | None = None,
+    positives: str = "any",
+    skip_failed_crops: bool = False,
 ) -> dict[str, float]:
     """The paper's metrics for one strategy over a query set, plus how often it crops when the
-    full image already ranks a positive first and when it does not."""
-    summary = metrics.ranking_report(scores, labels, pool_valid, ks)
-    full_first = np.asarray(metrics.recall_at_k(base, labels, 1, pool_valid)) > 0
+    full image already ranks a positive first and when it does not, and the failed crops of
+    both conventions (module doc). ``skip_failed_crops`` averages over the other queries."""
     region = decision == REGION
+    skipped = region & (np.zeros_like(region) if crop_fails is None else crop_fails)
+    num_queries = len(labels)
+    if skip_failed_crops:
+        keep = ~skipped
+        scores, base, decision, box_valid = (
+            scores[keep],
+            base[keep],
+            decision[keep],
+            box_valid[keep],
+        )
+        labels, pool_valid, region = labels[keep], pool_valid[keep], region[keep]
+    summary = metrics.ranking_report(scores, labels, pool_valid, ks, positives)
+    relevant = metrics.positives(labels, pool_valid, positives)
+    full_first = np.asarray(metrics.recall_at_k(base, relevant, 1, pool_valid)) > 0
     out = {k: float(v) for k, v in summary.items() if k != "num_with_positive"}
     out.update(
         {
-            "num_queries": len(labels),
+            "num_queries": num_queries,
             "num_with_positive": int(summary["num_with_positive"]),
             "num_empty_pools": int((~pool_valid).all(axis=1).sum()),
             "crop_rate": float(region.mean()),
@@ -140,6 +170,7 @@ def strategy_metrics(
                 float(region[~full_first].mean()) if (~full_first).any() else 0.0
             ),
             "invalid_boxes": int((region & ~box_valid).sum()),
+            "released_skips": int(skipped.sum()),
         }
     )
     return out
@@ -180,6 +211,9 @@ def evaluate(
                 queries["labels"],
                 queries["pool_valid"],
                 tuple(cfg.eval.ks),
+                out["crop_fails"][:, s],
+                _setting(cfg.get("eval"), "positives", "any"),
+                _setting(cfg.get("eval"), "skip_failed_crops", False),
             )
             for s, name in enumerate((*BASELINES, *policy_names))
         }
@@ -209,6 +243,7 @@ COLUMNS = {
     "crop_rate_full_first": "crop% (full 1st)",
     "crop_rate_full_not_first": "crop% (full not 1st)",
     "invalid_boxes": "invalid boxes",
+    "released_skips": "released skips",
 }
 
 

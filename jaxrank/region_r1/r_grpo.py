@@ -95,10 +95,12 @@ def score(
     pool: jax.Array,
     num_bins: int,
     scorer_size: int,
+    view: str = "stretch",
 ) -> rerank.PoolScores:
-    """Each action's crop (bins -> pixel box) re-ranks the query's pool ``[B, K, D]``."""
+    """Each action's crop (bins -> pixel box) re-ranks the query's pool ``[B, K, D]``, the
+    scorer seeing it as ``view`` says (``rerank.VIEWS``)."""
     boxes = bins_to_boxes(actions.bins, images.shape[1], num_bins)
-    return rerank.score_actions(embed, images, actions.decision, boxes, pool, scorer_size)
+    return rerank.score_actions(embed, images, actions.decision, boxes, pool, scorer_size, view)
 
 
 def judge(
@@ -118,6 +120,7 @@ def judge(
         scored.box_valid,
         pool_valid,
         config.reward,
+        scored.crop_fails,
     )
     return rewards, compute_advantages(rewards, config.grpo.advantage), components
 
@@ -208,7 +211,8 @@ def rollout_stages(
     def score_on(actions, batch, frozen):
         embed = lambda pixels: scorer(frozen["scorer"], pixels)
         pool = frozen["kb"][batch["pool_ids"]]
-        return score(embed, batch["images"], actions, pool, num_bins, scorer_size)
+        images, view = batch["images"], config.reward.crop_view
+        return score(embed, images, actions, pool, num_bins, scorer_size, view)
 
     def judge_on(scored, actions, batch):
         return judge(scored, actions.decision, batch["labels"], batch["pool_valid"], config)
@@ -294,7 +298,9 @@ def make_judge(
     def judge_actions(decision, boxes, batch, frozen):
         embed = lambda pixels: scorer(frozen["scorer"], pixels)
         pool = frozen["kb"][batch["pool_ids"]]
-        scored = rerank.score_actions(embed, batch["images"], decision, boxes, pool, scorer_size)
+        scored = rerank.score_actions(
+            embed, batch["images"], decision, boxes, pool, scorer_size, config.reward.crop_view
+        )
         labels, pool_valid = batch["labels"], batch["pool_valid"]
         rewards, advantages, components = judge(scored, decision, labels, pool_valid, config)
         logged = action_metrics(

@@ -8,6 +8,11 @@ crop, the scorer and the pool scores all run inside the jitted training step.
 An action's ranking is the crop's when it is REGION with a valid box, and the full image's
 otherwise: FULL keeps the image, and a degenerate box falls back to it at inference (its
 reward still punishes it; see ``jaxrank.region_r1.reward``).
+
+The scorer's view (``view``): ``"stretch"`` (jaxrank's) resizes the box to the scorer's square
+whatever its shape; ``"released"`` is Region-R1's released path (``imaging.released_crop_view``:
+PIL crop at rounded edges, ``smart_resize``, then the CLIP processor's shortest-side resize and
+centre crop; the full image through the processor alone).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class PoolScores(NamedTuple):
     scores: jax.Array
     base: jax.Array
     box_valid: jax.Array
+    crop_fails: jax.Array | None = None  # [B, G] see ``released_crop_fails``
 
 
 def valid_boxes(boxes: jax.Array, height: int, width: int) -> jax.Array:
@@ -40,6 +46,28 @@ def valid_boxes(boxes: jax.Array, height: int, width: int) -> jax.Array:
     finite = jnp.all(jnp.isfinite(boxes), axis=-1)
     safe = jnp.where(finite[..., None], boxes, 0.0)
     return finite & (imaging.box_area(imaging.clamp_boxes(safe, height, width)) > 0)
+
+
+def released_crop_fails(boxes: jax.Array, height: int, width: int) -> jax.Array:
+    """Boxes whose crop raises in the released code: positive area after clamping but a side
+    under one pixel, so ``smart_resize(int(h), int(w))`` divides by zero (``src/utils.py``).
+    Its training reward then takes a fixed value and its evaluation skips the sample."""
+    safe = jnp.where(jnp.all(jnp.isfinite(boxes), axis=-1)[..., None], boxes, 0.0)
+    clamped = imaging.clamp_boxes(safe, height, width)
+    sides = clamped[..., 2:] - clamped[..., :2]
+    return valid_boxes(boxes, height, width) & jnp.any(sides < 1, axis=-1)
+
+
+VIEWS = ("stretch", "released")
+
+
+def scorer_views(view: str) -> tuple[Callable, Callable]:
+    """``(crop(images, boxes, size), full(images, size))`` of a scorer view (module doc)."""
+    if view == "stretch":
+        return imaging.crop_and_resize, imaging.resize
+    if view == "released":
+        return imaging.released_crop_view, imaging.released_full_view
+    raise ValueError(f"unknown crop view {view!r}; expected one of {VIEWS}")
 
 
 def pool_scores(queries: jax.Array, pool: jax.Array) -> jax.Array:
@@ -57,6 +85,7 @@ def score_actions(
     boxes: jax.Array,
     pool: jax.Array,
     input_size: int,
+    view: str = "stretch",
 ) -> PoolScores:
     """Score the pool for every action of every query.
 
@@ -67,16 +96,18 @@ def score_actions(
       boxes: ``[B, G, 4]`` pixel boxes (x1, y1, x2, y2), x2/y2 exclusive; read for REGION only.
       pool: ``[B, K, D]`` the candidates' embeddings.
       input_size: the scorer's input side; crops and the full image are resized to it.
+      view: how a crop and the full image become the scorer's input (module doc).
     """
+    crop_view, full_view = scorer_views(view)
     height, width = images.shape[1:3]
     box_valid = valid_boxes(boxes, height, width)
     safe = jnp.where(box_valid[..., None], boxes, jnp.asarray([0, 0, width, height], boxes.dtype))
     group = decision.shape[1]
     tiled = jnp.broadcast_to(images[:, None], (images.shape[0], group, *images.shape[1:]))
-    crops = imaging.crop_and_resize(tiled, safe, input_size)
+    crops = crop_view(tiled, safe, input_size)
     crop_emb = embed(crops.reshape(-1, *crops.shape[2:])).reshape(*decision.shape, -1)
-    full_emb = embed(imaging.resize(images, input_size).astype(jnp.float32))
+    full_emb = embed(full_view(images, input_size).astype(jnp.float32))
     base = pool_scores(full_emb, pool)
     use_crop = (decision == REGION) & box_valid
     scores = jnp.where(use_crop[..., None], pool_scores(crop_emb, pool), base[:, None, :])
-    return PoolScores(scores, base, box_valid)
+    return PoolScores(scores, base, box_valid, released_crop_fails(boxes, height, width))
