@@ -2,20 +2,62 @@
 
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint intact; the restored state is placed with the target
-shardings of the live run.
+shardings of the live run. A restored state holding NaN or inf is refused: nothing can be
+evaluated or trained from it (the trainer never saves one, see ``trainer.fit``).
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+# TensorStore appends its whole JSON spec to every message; the reader needs the reason only.
+_TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec=.*")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not match the run's state."""
+    """A checkpoint that cannot be read or does not match the run's state. The message is
+    short (the library's first line); the library's full error is the ``__cause__``."""
+
+
+def _brief(error: BaseException, head: int = 120, tail: int = 240) -> str:
+    """``Type: first line`` of a library error without TensorStore's spec dump; a long line
+    keeps its start (what failed) and its end (the innermost reason)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    first = _TENSORSTORE_SPEC.sub("", lines[0]) if lines else ""
+    if len(first) > head + tail:
+        first = f"{first[:head]} ... {first[-tail:]}"
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+@jax.jit
+def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+    """The dotted names of the floating-point leaves of ``tree`` that hold a NaN or inf."""
+    named = [
+        (".".join(_names(path)), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    if not named:
+        return []
+    flags = np.asarray(jax.device_get(_finite_flags([leaf for _, leaf in named])))
+    return [name for (name, _), ok in zip(named, flags, strict=True) if not ok]
+
+
+def describe_leaves(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _abstract(tree: Any) -> Any:
@@ -63,6 +105,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, data: dict[str, Any]) -> None:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
         self._manager.save(step, args=args, force=True)
@@ -78,7 +123,7 @@ class Checkpointer:
             saved_meta = self._manager.item_metadata(step)["state"]
         except Exception as e:
             raise CheckpointError(
-                f"checkpoint {where} is unreadable ({type(e).__name__}: {e}); "
+                f"checkpoint {where} is unreadable ({_brief(e)}); "
                 "delete that folder to resume from an earlier step, or start a new workdir"
             ) from e
         if saved_meta is not None:
@@ -95,10 +140,27 @@ class Checkpointer:
             restored = self._manager.restore(step, args=args)
         except Exception as e:
             raise CheckpointError(
-                f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {e}); "
+                f"checkpoint {where} is corrupt or incomplete ({_brief(e)}); "
                 "delete that folder to resume from an earlier step, or start a new workdir"
             ) from e
+        bad = nonfinite_leaves(restored["state"])
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {where} holds NaN/inf values in {describe_leaves(bad)}; nothing can "
+                "be evaluated or trained from it. Delete that folder to use an earlier step"
+            )
         return step, restored["state"], dict(restored["data"])
+
+    def set_aside(self, step: int, destination: str | Path) -> Path:
+        """Move checkpoint ``step`` out of the managed folder to ``destination`` (replacing
+        what is there), so that resuming and evaluating no longer see it; kept for inspection."""
+        destination = Path(destination)
+        if destination.exists():
+            shutil.rmtree(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(step)).rename(destination)
+        self._manager.reload()
+        return destination
 
     def close(self) -> None:
         self._manager.close()

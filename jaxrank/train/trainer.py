@@ -3,6 +3,14 @@
 The host touches device values only at log and checkpoint steps, so the device queue stays full.
 Resuming restores the train state and the data iterator's position, so a killed run continues
 with exactly the batches and random numbers it would have seen.
+
+A checkpoint is *good* when its parameters and optimizer state are finite and the step taken
+from it had a finite loss and finite gradients: training can continue from it. The step's guard
+(``step.py``) freezes the state at the first non-finite loss or gradient; the host sees it at
+the next log or checkpoint step and stops. Every checkpoint saved before the one the failing step
+started from has passed the test; that one (if it was saved) has not, so it is moved to
+``<workdir>/diverged/<step>`` and the run folder's latest checkpoint, the one a resume or an
+``eval`` reads, is the last good one. A state that is itself non-finite is never saved.
 """
 
 from __future__ import annotations
@@ -14,14 +22,38 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxrank.distributed import is_primary
 from jaxrank.perf import flop_count
-from jaxrank.train.checkpoint import Checkpointer
+from jaxrank.train.checkpoint import Checkpointer, describe_leaves, nonfinite_leaves
 from jaxrank.train.runlog import RunLog
 from jaxrank.train.step import TrainState
 
+GOOD_CHECKPOINT_RULE = (
+    "a checkpoint is good when its parameters and optimizer state are finite and the step "
+    "taken from it had a finite loss and finite gradients"
+)
+
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss or gradient."""
+    """Training produced a NaN or infinite loss, gradient, parameter or optimizer state."""
+
+
+def _diverged(checkpointer: Checkpointer, workdir: Path, problem: str, suspect: int | None) -> str:
+    """The message of a stopped run; moves checkpoint ``suspect`` (the one the failing step
+    started from, which fails the rule) out of the way when it was saved."""
+    moved, steps = "", checkpointer.all_steps()
+    if suspect in steps:
+        destination = workdir / "diverged" / str(suspect)
+        if is_primary():  # the processes of a multi-process run share the folder
+            checkpointer.set_aside(suspect, destination)
+        moved = f" The checkpoint of step {suspect} fails that test and was moved to {destination}."
+    good = [s for s in steps if s != suspect]
+    kept = f"step {good[-1]} in {checkpointer.directory}" if good else "none"
+    return (
+        f"{problem}. Last good checkpoint: {kept} ({GOOD_CHECKPOINT_RULE}).{moved} "
+        "A resume of this workdir starts from that checkpoint; lower train.learning_rate "
+        "(in a new --workdir), or check the inputs of the failing step."
+    )
 
 
 def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -64,20 +96,29 @@ def fit(
     log = RunLog(workdir, start, total_steps, samples_per_step)
 
     def check_finite(step: int) -> None:
-        bad = int(state.first_bad_step)
+        bad = int(state.first_bad_step)  # steps taken before the failing one
         if bad >= 0:
-            last = checkpointer.latest_step()
-            kept = f"step {last} in {checkpointer.directory}" if last is not None else "none"
-            raise NonFiniteLossError(
+            problem = (
                 f"the loss or a gradient became NaN/inf at step {bad + 1}; training stopped at "
-                f"step {step} without applying that update. Last good checkpoint: {kept}. "
-                "Lower train.learning_rate, or check the inputs of that step."
+                f"step {step} without applying that update"
             )
+            raise NonFiniteLossError(_diverged(checkpointer, workdir, problem, suspect=bad))
+
+    def save(step: int) -> None:
+        check_finite(step)
+        nonfinite = nonfinite_leaves({"params": state.params, "opt_state": state.opt_state})
+        if nonfinite:
+            problem = (
+                f"after step {step}, with every loss and gradient finite, the update left NaN/inf "
+                f"in {describe_leaves(nonfinite)}; that state was not saved"
+            )
+            raise NonFiniteLossError(_diverged(checkpointer, workdir, problem, suspect=None))
+        checkpointer.save(step, state, {"iterator": iterator.get_state()})
 
     pending: list[dict[str, jax.Array]] = []
     try:
         if start == 0 and total_steps == 0:  # a model used as is (e.g. a pretrained scorer)
-            checkpointer.save(0, state, {"iterator": iterator.get_state()})
+            save(0)
         for step in range(start + 1, total_steps + 1):
             if profile_steps and step == profile_steps[0]:
                 jax.profiler.start_trace(str(workdir / "profile"))
@@ -99,8 +140,7 @@ def fit(
                 pending = []
                 log.write(step, row)
             if step % checkpoint_every == 0 or last:
-                check_finite(step)
-                checkpointer.save(step, state, {"iterator": iterator.get_state()})
+                save(step)
     finally:
         log.close()
         checkpointer.close()
