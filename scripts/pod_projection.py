@@ -2,6 +2,12 @@
 of the first-stage search over E-VQA's 2M-page knowledge base, from the formulas of
 docs/SCALING.md and the assumptions named below (every one is in the JSON it writes).
 
+Two forms of the MLLM step are projected (``STEPS``): the host-driven one the recipe ran until
+issue 29 (a second prefill and decoding pass of all B x G rows whenever a group is flipped,
+which balanced groups make every step early in training; the scorer embeds all G crops and the
+full image) and the compiled one (one decoding pass of B x (G + 2) rows, the full image's
+ranking from the first stage, only the REGION actions' crops embedded).
+
     .venv/bin/python scripts/pod_projection.py --out docs/bench/pod_projection.json
 
 Nothing here runs a model: it is arithmetic over the model shapes (``jaxrank.perf.throughput``),
@@ -41,6 +47,16 @@ SETTING = {
     "search_query_batch": 1024,
     "mfu": 0.4,  # assumed for the compute-bound matmul parts
     "hbm_efficiency": 0.8,  # assumed fraction of HBM bandwidth a decode step streams at
+    # assumed share of REGION actions with a valid box (the crops the compiled step embeds);
+    # balanced groups hold at least one of each decision
+    "region_fraction": 0.5,
+}
+
+# What each form of the step runs per query: decoding passes (each with its own prefill of
+# the LM prompt), rows decoded per pass, scorer images.
+STEPS = {
+    "host_driven": {"decoding_passes": 2, "spare_rows": 0, "scorer_full_image": True},
+    "compiled": {"decoding_passes": 1, "spare_rows": 2, "scorer_full_image": False},
 }
 
 # Qwen2.5-VL-3B-Instruct (config.json): LM 36 x (2048, MLP 11008 SwiGLU, 2 KV heads of 128),
@@ -81,18 +97,23 @@ def policy_vision_flops(side: int) -> float:
     return embed + layers + merger
 
 
-def step_projection(chip: dict, s: dict) -> dict:
-    """Seconds per r-GRPO step on one chip (every chip does the same: data parallel)."""
+def step_projection(chip: dict, s: dict, form: dict) -> dict:
+    """Seconds per r-GRPO step on one chip (every chip does the same: data parallel), for one
+    of ``STEPS``."""
     b, g, new = s["queries_per_chip"], s["group"], s["max_new_tokens"]
+    passes, rows = form["decoding_passes"], g + form["spare_rows"]
+    # the host-driven step crops every action and re-embeds the full image
+    scorer_images = g + 1 if form["scorer_full_image"] else g * s["region_fraction"]
     prompt = (s["policy_image_side"] // VISION["patch"]) ** 2 // VISION["merge"] ** 2
     prompt += s["prompt_text_tokens"]
     vision = policy_vision_flops(s["policy_image_side"])
     completions = lm_flops(g * new, prompt + new / 2, g * new)  # teacher-forced, shared prompt
+    decoded = lm_flops(rows * new, prompt + new / 2, rows * new)
     flops = {
-        "rollout_prefill": b * (vision + lm_flops(prompt, prompt, 1)),
-        "rollout_decode": b * completions,
-        "scorer_crops_and_full": b
-        * (g + 1)
+        "rollout_prefill": passes * b * (vision + lm_flops(prompt, prompt, 1)),
+        "rollout_decode": passes * b * decoded,
+        "scorer": b
+        * scorer_images
         * vit_forward_flops(
             SCORER["image"],
             SCORER["patch"],
@@ -109,9 +130,9 @@ def step_projection(chip: dict, s: dict) -> dict:
     rate = chip["tflops"] * 1e12 * s["mfu"]
     seconds = {k: v / rate for k, v in flops.items()}
     # Decoding is bound by streaming the weights and the KV cache once per generated token.
-    kv_bytes = b * g * (prompt + new / 2) * LM["layers"] * 2 * LM["kv_width"] * 2
+    kv_bytes = b * rows * (prompt + new / 2) * LM["layers"] * 2 * LM["kv_width"] * 2
     per_token = (2 * lm_params() + kv_bytes) / (chip["hbm_gbps"] * 1e9 * s["hbm_efficiency"])
-    seconds["rollout_decode"] = max(seconds["rollout_decode"], new * per_token)
+    seconds["rollout_decode"] = max(seconds["rollout_decode"], passes * new * per_token)
     n = chip["chips"]
     grad_bytes = 4 * lora_params(s["lora_rank"])
     seconds["gradient_all_reduce"] = 2 * (n - 1) / n * grad_bytes / (chip["ici_gbps"] * 1e9)
@@ -160,19 +181,31 @@ def main() -> None:
         "setting": SETTING,
         "chips": CHIPS,
         "models": {"policy_lm": LM, "policy_vision": VISION, "scorer_vision": SCORER},
-        "step": {name: step_projection(chip, SETTING) for name, chip in CHIPS.items()},
+        "steps": STEPS,
+        "step": {
+            form: {
+                name: step_projection(chip, SETTING, STEPS[form]) for name, chip in CHIPS.items()
+            }
+            for form in STEPS
+        },
         "search": {name: search_projection(chip, SETTING) for name, chip in CHIPS.items()},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    parts = list(next(iter(out["step"].values()))["seconds"])
-    print("| slice | " + " | ".join(parts) + " | step s | queries/s | step MFU |")
-    print("|---|" + "---:|" * (len(parts) + 3))
-    for name, p in out["step"].items():
-        cells = " | ".join(f"{p['seconds'].get(k, 0.0):.3f}" for k in parts)
+    parts = list(out["step"]["host_driven"]["v5e-64"]["seconds"])
+    print("| step | slice | " + " | ".join(parts) + " | step s | queries/s | step MFU |")
+    print("|---|---|" + "---:|" * (len(parts) + 3))
+    for form, slices in out["step"].items():
+        for name, p in slices.items():
+            cells = " | ".join(f"{p['seconds'].get(k, 0.0):.3f}" for k in parts)
+            print(
+                f"| {form} | {name} | {cells} | {p['step_s']:.2f} | {p['queries_per_s']:.0f} | "
+                f"{p['mfu_of_step']:.2f} |"
+            )
+    for name in CHIPS:
+        old, new = (out["step"][form][name]["step_s"] for form in ("host_driven", "compiled"))
         print(
-            f"| {name} | {cells} | {p['step_s']:.2f} | {p['queries_per_s']:.0f} | "
-            f"{p['mfu_of_step']:.2f} |"
+            f"{name}: compiled / host-driven step time {new / old:.3f} ({1 - new / old:.0%} less)"
         )
     print("\n| slice | matmul ms | HBM ms | all-gather ms | 5.8K queries s |")
     print("|---|---:|---:|---:|---:|")
