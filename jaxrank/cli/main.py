@@ -20,7 +20,12 @@ from jaxrank.configs import ConfigError
 from jaxrank.data.errors import DataError
 from jaxrank.distributed import DistributedError
 from jaxrank.distributed import initialize as join_processes
-from jaxrank.models.hf.errors import CheckpointMismatch, CheckpointNotFound, UnsupportedCheckpoint
+from jaxrank.models.hf.errors import (
+    CheckpointMismatch,
+    CheckpointNotFound,
+    UnreadableCheckpoint,
+    UnsupportedCheckpoint,
+)
 from jaxrank.search.errors import SearchError
 from jaxrank.train import report
 from jaxrank.train.checkpoint import CheckpointError
@@ -34,6 +39,7 @@ USER_ERRORS = (
     NonFiniteLossError,
     SearchError,
     CheckpointNotFound,
+    UnreadableCheckpoint,
     UnsupportedCheckpoint,
     CheckpointMismatch,
     DistributedError,
