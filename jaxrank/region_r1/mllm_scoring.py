@@ -4,8 +4,9 @@
 Two of those passes are redundant:
 
 - the full image's ranking is the first stage's: the pool is the index's top K by the full
-  image's embedding, so its scores arrive with the batch (``pool_scores``) and nothing
-  re-embeds the image;
+  image's embedding (the scorer's own resize, ``rerank``'s ``"stretch"`` view), so its scores
+  arrive with the batch (``pool_scores``) and nothing re-embeds the image (under the
+  ``"released"`` view the full image is seen through another resize, so it is embedded here);
 - a FULL action, or a REGION action whose box is invalid, ranks with the full image, so its
   crop is never used.
 
@@ -21,15 +22,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrank import imaging
 from jaxrank.region_r1.action import REGION
-from jaxrank.region_r1.rerank import ImageEmbedder, PoolScores, pool_scores, valid_boxes
+from jaxrank.region_r1.rerank import (
+    ImageEmbedder,
+    PoolScores,
+    pool_scores,
+    released_crop_fails,
+    scorer_views,
+    valid_boxes,
+)
 
 
-def full_image_scores(embed: ImageEmbedder, images: jax.Array, pool: jax.Array, size: int):
+def full_image_scores(
+    embed: ImageEmbedder, images: jax.Array, pool: jax.Array, size: int, view: str = "stretch"
+) -> jax.Array:
     """The full image's pool scores ``[B, K]`` computed here (for batches without the first
-    stage's ``pool_scores``)."""
-    return pool_scores(embed(imaging.resize(images, size).astype(jnp.float32)), pool)
+    stage's ``pool_scores``, or a view the first stage did not use)."""
+    _, full_view = scorer_views(view)
+    return pool_scores(embed(full_view(images, size).astype(jnp.float32)), pool)
 
 
 def score_region_crops(
@@ -41,9 +51,11 @@ def score_region_crops(
     base: jax.Array,
     input_size: int,
     capacity: int,
+    view: str = "stretch",
 ) -> tuple[PoolScores, jax.Array]:
     """``rerank.score_actions``'s ``PoolScores`` with the full image's scores ``base [B, K]``
     given, embedding only valid REGION crops, ``capacity`` per trip; and the trips taken."""
+    crop_view, _ = scorer_views(view)
     b, g = decision.shape
     height, width = images.shape[1:3]
     box_valid = valid_boxes(boxes, height, width)
@@ -60,7 +72,7 @@ def score_region_crops(
         rows = jax.lax.dynamic_slice(order, (i * capacity,), (capacity,))
         live = (jnp.arange(capacity) + i * capacity) < count
         safe = jnp.where(live, rows, 0)
-        crops = imaging.crop_and_resize(images[safe // g], flat_boxes[safe], input_size)
+        crops = crop_view(images[safe // g], flat_boxes[safe], input_size)
         out = embed(crops)
         return i + 1, embedded.at[jnp.where(live, rows, b * g)].set(out, mode="drop")
 
@@ -68,4 +80,5 @@ def score_region_crops(
     _, embedded = jax.lax.while_loop(lambda c: c[0] < trips, trip, start)
     crop_scores = pool_scores(embedded.reshape(b, g, -1), pool)
     scores = jnp.where(use.reshape(b, g, 1), crop_scores, base[:, None, :])
-    return PoolScores(scores, base, box_valid), trips
+    fails = released_crop_fails(boxes, height, width)
+    return PoolScores(scores, base, box_valid, fails), trips

@@ -63,13 +63,13 @@ def make_judge(cfg: ml_collections.ConfigDict, scorer, config: r_grpo.RegionGRPO
     def judge(decision, boxes, batch, frozen):
         embed = lambda pixels: scorer.embed(frozen["scorer"], pixels)
         pool = frozen["kb"][batch["pool_ids"]]
-        images, size = batch["images"], scorer.input_size
+        images, size, view = batch["images"], scorer.input_size, config.reward.crop_view
         base = batch.get("pool_scores")
-        if base is None:
-            base = full_image_scores(embed, images, pool, size)
+        if base is None or view != "stretch":  # the first stage saw the "stretch" view
+            base = full_image_scores(embed, images, pool, size, view)
         capacity = crop_capacity(cfg, decision.size)
         scored, trips = score_region_crops(
-            embed, images, decision, boxes, pool, base, size, capacity
+            embed, images, decision, boxes, pool, base, size, capacity, view
         )
         labels, pool_valid = batch["labels"], batch["pool_valid"]
         rewards, advantages, components = r_grpo.judge(scored, decision, labels, pool_valid, config)
@@ -79,12 +79,6 @@ def make_judge(cfg: ml_collections.ConfigDict, scorer, config: r_grpo.RegionGRPO
         return advantages, {**logged, "crop_trips": trips}
 
     return judge
-
-
-def to_original_frame(box: jax.Array, frame: tuple[int, int], original: tuple[int, int]):
-    """``crop_tool.to_original_frame`` in the graph (float32)."""
-    (h, w), (height, width) = frame, original
-    return box * jnp.asarray([width / w, height / h, width / w, height / h], jnp.float32)
 
 
 def make_rollout(
@@ -104,6 +98,7 @@ def make_rollout(
     sample = sampler_fn(graphdef, settings, rows, base.grid)
     openings = opening_table(forced_openings(base))
     judge = make_judge(cfg, scorer, rl)
+    box_frame = cfg.policy.get("box_frame", "model")  # crop_tool.BOX_FRAMES
 
     def rollout(adapters, batch, key, frozen):
         keys = tuple(jax.random.split(jax.random.fold_in(key, 1), 3))
@@ -121,7 +116,8 @@ def make_rollout(
             reading = reader.read(completions.tokens, completions.mask)
             flipped = jnp.zeros((b, group), bool)
         decision = reading.decision.reshape(b, group)
-        boxes = to_original_frame(reading.box, base.frame, batch["images"].shape[1:3])
+        original = batch["images"].shape[1:3]
+        boxes = crop_tool.box_in_image(reading.box, jnp.asarray(base.frame), original, box_frame)
         advantages, logged = judge(decision, boxes.reshape(b, group, 4), batch, frozen)
         counts = jax.nn.one_hot(reading.outcome, len(tool_reader.OUTCOMES)).mean(axis=0)
         outcomes = {f"outcome/{o}": counts[i] for i, o in enumerate(tool_reader.OUTCOMES)}

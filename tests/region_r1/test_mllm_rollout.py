@@ -168,8 +168,10 @@ def test_step_program_has_no_host_callback_and_decodes_once(base, monkeypatch):
     assert "callback" in str(with_callback)
 
 
-@pytest.mark.parametrize("capacity", [1, 3, 8])
-def test_crop_buffer_equals_scoring_every_action(capacity):
+@pytest.mark.parametrize(
+    ("capacity", "view"), [(1, "stretch"), (3, "stretch"), (8, "stretch"), (3, "released")]
+)
+def test_crop_buffer_equals_scoring_every_action(capacity, view):
     rng = np.random.default_rng(0)
     b, g = 3, 4
     pixels = jnp.asarray(rng.integers(0, 256, (b, 32, 32, 3), dtype=np.uint8))
@@ -179,15 +181,16 @@ def test_crop_buffer_equals_scoring_every_action(capacity):
     boxes = boxes.astype(jnp.float32)
     boxes = boxes.at[0, 0].set(jnp.asarray([5.0, 5.0, 5.0, 9.0]))  # zero width: invalid
     pool = jnp.asarray(np.tile(POOL, (b, 1, 1)))
-    want = rerank.score_actions(colour_embed_jit, pixels, decision, boxes, pool, 8)
-    got, trips = jax.jit(score_region_crops, static_argnums=(0, 6, 7))(
-        colour_embed_jit, pixels, decision, boxes, pool, want.base, 8, capacity
+    want = rerank.score_actions(colour_embed_jit, pixels, decision, boxes, pool, 8, view)
+    got, trips = jax.jit(score_region_crops, static_argnums=(0, 6, 7, 8))(
+        colour_embed_jit, pixels, decision, boxes, pool, want.base, 8, capacity, view
     )
     crops = int(((np.asarray(decision) == REGION) & np.asarray(want.box_valid)).sum())
     assert crops > capacity or capacity == 8  # several trips, and one
     assert int(trips) == -(-crops // capacity)
     np.testing.assert_allclose(np.asarray(got.scores), np.asarray(want.scores), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(got.box_valid), np.asarray(want.box_valid))
+    np.testing.assert_array_equal(np.asarray(got.crop_fails), np.asarray(want.crop_fails))
 
 
 def colour_embed_jit(pixels):
