@@ -31,21 +31,26 @@ def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections
     try:
         spec.loader.exec_module(module)
     except Exception as e:
-        raise ConfigError(f"config file {path} failed to import: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"config file {path} failed to import: {_first_line(e)}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config() function")
     try:
         cfg = module.get_config(arg) if arg is not None else module.get_config()
     except TypeError as e:
         if _accepts_argument(module.get_config, arg is not None):
-            raise ConfigError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from e
+            raise ConfigError(f"{path}: get_config() failed: {_first_line(e)}") from e
         given = f"the argument {arg!r} (FILE:ARG)" if arg is not None else "no argument"
         raise ConfigError(f"{path}: get_config() cannot be called with {given}") from e
     except Exception as e:
-        raise ConfigError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{path}: get_config() failed: {_first_line(e)}") from e
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not a ConfigDict")
     return cfg
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message``: what a one-line error quotes of its cause."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def _accepts_argument(fn: Any, with_arg: bool) -> bool:

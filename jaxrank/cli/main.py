@@ -119,8 +119,10 @@ def _explain(error: BaseException, verbose: bool) -> str:
         return "".join(traceback.format_exception(error)) + f"jaxrank: error: {error}"
     lines = [f"jaxrank: error: {error}"]
     cause = error.__cause__
-    if cause is not None and str(cause) and str(cause) not in str(error):
-        lines.append(f"  caused by {type(cause).__name__}: {str(cause).splitlines()[0]}")
+    if cause is not None:
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        if first not in str(error):
+            lines.append(f"  caused by {type(cause).__name__}: {first}")
         lines.append("  (--verbose shows the full traceback)")
     return "\n".join(lines)
 
