@@ -205,7 +205,9 @@ def _mbeir(cfg: ml_collections.ConfigDict, check: DataCheck, samples: int) -> No
         return
     for dataset, task in mbeir.EVAL_PAIRS:
         bad = BadRows()
-        queries = mbeir.read_queries(mbeir.query_path(root, dataset, task, split), bad)
+        path = mbeir.query_path(root, dataset, task, split)
+        # As the recipe reads them: images under the root, checked (paths out of it refused).
+        queries = mbeir.read_queries(path, bad, image_root=root, check_images=True)
         check.counts[f"{dataset}/task{task}"] = {"queries": len(queries), **bad.report()}
     del samples
 

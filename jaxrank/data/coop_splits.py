@@ -29,7 +29,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
@@ -38,6 +38,7 @@ from jaxrank.data.errors import BadRows, DataError
 from jaxrank.data.fewshot_tfds import sample_shots
 from jaxrank.data.images import centre_square, read_image
 from jaxrank.data.labelled_images import LabelledImages
+from jaxrank.data.paths import OutsideRoot, image_problem, join_under
 
 SPLITS = ("train", "val", "test")
 
@@ -94,14 +95,6 @@ class CoopSplits:
         return getattr(self, split)
 
 
-def _inside(image_dir: Path, impath: str) -> Path | None:
-    """``impath`` under ``image_dir``, or None when it is absolute or climbs out of it."""
-    rel = PurePosixPath(impath)
-    if not impath or rel.is_absolute() or ".." in rel.parts:
-        return None
-    return image_dir / rel
-
-
 def _names_by_label(pairs: Counter[tuple[int, str]], where: Path) -> dict[int, str]:
     """Each label's class name by majority over the file (ties: first seen), so one wrong
     entry cannot rename a class whatever its position. Labels must be 0..C-1, names distinct."""
@@ -138,7 +131,8 @@ def read_split_json(
             where = f"{path} {split}[{i}]"
             ok = isinstance(entry, list) and len(entry) == 3
             impath, label, name = entry if ok else (None, None, None)
-            ok = ok and isinstance(impath, str) and isinstance(name, str) and name != ""
+            ok = ok and isinstance(impath, str) and impath != ""
+            ok = ok and isinstance(name, str) and name != ""
             ok = ok and type(label) is int and label >= 0
             if not ok:
                 bad.skip(
@@ -147,9 +141,10 @@ def read_split_json(
                     f"expected [impath, label >= 0, classname], got {json.dumps(entry)[:120]}",
                 )
                 continue
-            resolved = _inside(image_dir, impath)
-            if resolved is None:
-                bad.skip(where, "malformed_entry", f"path {impath!r} leaves the image folder")
+            try:
+                resolved = join_under(image_dir, impath)
+            except OutsideRoot as e:
+                bad.skip(where, e.reason, e.detail)
                 continue
             entries[split].append((where, resolved, label, name))
             pairs[(label, name)] += 1
@@ -165,8 +160,8 @@ def read_split_json(
                     f"label {label} is {names[label]!r} elsewhere "
                     f"in the file, {name!r} is label {label_of.get(name)}",
                 )
-            elif check_images and not resolved.is_file():
-                bad.skip(where, "missing_image", f"no file {resolved}")
+            elif check_images and (missing := image_problem(image_dir, resolved)):
+                bad.skip(where, *missing)
             else:
                 kept[split].append(SplitRow(resolved, label, name))
                 bad.read()
@@ -207,8 +202,8 @@ def read_fgvc_aircraft(
                 bad.skip(where, "malformed_line", f"expected '<image id> <variant>', got {line!r}")
             elif variant not in label_of:
                 bad.skip(where, "unknown_class", f"{variant!r} is not in {variants_path}")
-            elif check_images and not image.is_file():
-                bad.skip(where, "missing_image", f"no file {image}")
+            elif check_images and (missing := image_problem(dataset_dir, image)):
+                bad.skip(where, *missing)
             else:
                 rows.append(SplitRow(image, label_of[variant], variant))
                 bad.read()

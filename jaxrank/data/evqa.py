@@ -49,8 +49,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxrank.data.errors import BadRows, DataError
-from jaxrank.data.images import read_image
+from jaxrank.data.images import MAX_PIXELS, read_image
 from jaxrank.data.infoseek import oven_image_path
+from jaxrank.data.paths import OutsideRoot, image_problem, join_under
 
 # "infoseek": EchoSight's InfoSeek questions converted to this CSV format (DATA_FORMATS.md §2:
 # question_type and dataset_name "infoseek", OVEN image ids, an extra data_id column).
@@ -244,13 +245,13 @@ def load_id2name(path: str | Path) -> dict[str, str]:
     return {str(k): v for k, v in mapping.items()}
 
 
-def image_path(dataset_name: str, image_id: str, layout: ImageLayout) -> Path | None:
-    """The file of one image, or None when ``image_id`` is not in the id2name map. A layout that
-    cannot place this dataset at all (no root; ``{name}`` without a map) is a ``DataError``."""
+def _locate(dataset_name: str, image_id: str, layout: ImageLayout) -> tuple[Path, Path | None]:
+    """``(root, file)`` of one image; the file is None when the id is not in the id2name map."""
     if dataset_name == "infoseek":
         if layout.oven_root is None:
             raise DataError("ImageLayout has no oven_root for InfoSeek's OVEN images")
-        return oven_image_path(image_id, layout.oven_root, layout=layout.oven_layout)
+        root = Path(layout.oven_root)
+        return root, oven_image_path(image_id, root, layout=layout.oven_layout)
     if dataset_name == "inaturalist":
         root, pattern = layout.inaturalist_root, layout.inaturalist_pattern
     elif dataset_name == "landmarks":
@@ -265,30 +266,48 @@ def image_path(dataset_name: str, image_id: str, layout: ImageLayout) -> Path | 
             raise DataError(f"pattern {pattern!r} needs ImageLayout.inaturalist_id2name")
         name = layout.inaturalist_id2name.get(image_id)
         if name is None:
-            return None
-    return Path(root) / pattern.format(id=image_id, name=name)
+            return Path(root), None
+    return Path(root), join_under(root, pattern.format(id=image_id, name=name))
+
+
+def image_path(dataset_name: str, image_id: str, layout: ImageLayout) -> Path | None:
+    """The file of one image, or None when ``image_id`` is not in the id2name map. A layout that
+    cannot place this dataset at all (no root; ``{name}`` without a map) is a ``DataError``; an
+    id2name entry that leads out of the root (absolute, ``..``) raises ``paths.OutsideRoot``."""
+    return _locate(dataset_name, image_id, layout)[1]
 
 
 def query_image_path(
     example: EvqaExample, layout: ImageLayout, bad: BadRows, which: int = 0
 ) -> Path | None:
     """The file of image ``which`` of the row (EchoSight and OMGM use the first), or None when its
-    id is not in the id2name map or the file is missing (recorded in ``bad``). Only a stat, so a
-    pipeline can drop such rows while reading them, before any decoding."""
+    id is not in the id2name map, its path leads out of the image root (``paths``) or the file is
+    missing (recorded in ``bad``). Only stats, so a pipeline can drop such rows while reading
+    them, before any decoding."""
     image_id = example.image_ids[which]
-    path = image_path(example.dataset_name, image_id, layout)
+    try:
+        root, path = _locate(example.dataset_name, image_id, layout)
+    except OutsideRoot as e:
+        bad.skip(example.where, e.reason, f"{example.dataset_name} id {image_id}: {e.detail}")
+        return None
     if path is None:
         bad.skip(example.where, "unknown_image_id", f"{example.dataset_name} id {image_id!r}")
-    elif not path.is_file():
-        bad.skip(example.where, "missing_image", f"no file {path}")
+    elif problem := image_problem(root, path):
+        bad.skip(example.where, *problem)
         path = None
     return path
 
 
 def read_query_image(
-    example: EvqaExample, layout: ImageLayout, bad: BadRows, which: int = 0
+    example: EvqaExample,
+    layout: ImageLayout,
+    bad: BadRows,
+    which: int = 0,
+    *,
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray | None:
-    """Image ``which`` of the row as uint8 RGB ``[H, W, 3]``, or None: an unknown id, a missing
-    or an undecodable file is recorded in ``bad``."""
+    """Image ``which`` of the row as uint8 RGB ``[H, W, 3]``, or None: an unknown id, a path out
+    of the root, a missing, undecodable or oversized (``images.MAX_PIXELS``) file is recorded in
+    ``bad``."""
     path = query_image_path(example, layout, bad, which)
-    return None if path is None else read_image(path, example.where, bad)
+    return None if path is None else read_image(path, example.where, bad, max_pixels=max_pixels)

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from jaxrank.data.errors import BadRows, DataError
-from jaxrank.data.images import read_image
+from jaxrank.data.images import MAX_PIXELS, read_image
 
 UNSEEN_QUESTION = "unseen_question"
 UNSEEN_ENTITY = "unseen_entity"
@@ -352,11 +352,18 @@ def oven_image_path(
 
 
 def read_query_image(
-    example: InfoSeekExample, root: str | Path, bad: BadRows, **where: Any
+    example: InfoSeekExample,
+    root: str | Path,
+    bad: BadRows,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    **where: Any,
 ) -> np.ndarray | None:
-    """The question's image as uint8 RGB, or None (missing or undecodable: a bad row named by
-    the question's file and line). ``where``: ``oven_image_path``'s layout/extensions."""
-    return read_image(oven_image_path(example.image_id, root, **where), example.where, bad)
+    """The question's image as uint8 RGB, or None (missing, undecodable, oversized or, through
+    a symlink, outside ``root``: a bad row named by the question's file and line). ``where``:
+    ``oven_image_path``'s layout/extensions."""
+    path = oven_image_path(example.image_id, root, **where)
+    return read_image(path, example.where, bad, root=root, max_pixels=max_pixels)
 
 
 def _entity(row: Mapping[str, Any], line: int) -> WikiEntity:

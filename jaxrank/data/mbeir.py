@@ -5,7 +5,9 @@ Bad rows follow ``jaxrank.data.errors``: a malformed line, a missing or ill-type
 naming a candidate the given pool lacks, a duplicate id: each is skipped and counted under its
 file and line in ``BadRows`` (``strict`` raises ``DataError`` on the first). A missing file is
 a ``DataError``. Images are resolved under ``image_root`` (the M-BEIR root, since released paths
-start with ``mbeir_images/``) and read by ``read_image`` when wanted.
+start with ``mbeir_images/``) and read by ``read_image`` when wanted; an image path that leads
+out of the root is a bad row (``jaxrank.data.paths``: absolute or ``..`` when the line is read,
+a symlink out of the root when the file is checked or read).
 
 What was checked, and where (TIGER-AI-Lab/UniIR on GitHub; the HF card of TIGER-Lab/M-BEIR):
 
@@ -51,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from jaxrank.data.errors import BadRows, DataError
-from jaxrank.data.images import read_image
+from jaxrank.data.images import MAX_PIXELS, read_image
+from jaxrank.data.paths import OutsideRoot, image_problem, join_under
 
 DATASET_IDS = {
     "VisualNews": 0,
@@ -151,6 +154,7 @@ class Query:
     image: Path | None
     source: str  # the file read
     line: int  # 1-based
+    image_root: str | Path | None = None  # the root ``image`` was resolved under
 
     @property
     def dataset_id(self) -> int:
@@ -173,6 +177,7 @@ class Candidate:
     image: Path | None
     source: str
     line: int
+    image_root: str | Path | None = None
 
     @property
     def dataset_id(self) -> int:
@@ -257,7 +262,11 @@ def _modality(value: str, txt: str | None, img: str | None, key: str) -> str:
 
 
 def _image(root: str | Path | None, rel: str | None) -> Path | None:
-    return None if rel is None else Path(root or "", rel)
+    """``rel`` under ``root`` (the working folder when None); one that leads out is a bad row."""
+    try:
+        return None if rel is None else join_under(root or ".", rel)
+    except OutsideRoot as e:
+        raise _Bad(e.reason, e.detail) from None
 
 
 def _parse_query(obj: dict[str, Any], root: str | Path | None, source: str, line: int) -> Query:
@@ -282,6 +291,7 @@ def _parse_query(obj: dict[str, Any], root: str | Path | None, source: str, line
         image=_image(root, img),
         source=source,
         line=line,
+        image_root=root,
     )
 
 
@@ -299,13 +309,16 @@ def _parse_candidate(
         image=_image(root, img),
         source=source,
         line=line,
+        image_root=root,
     )
 
 
 def _missing_image(record: Query | Candidate) -> _Bad | None:
-    if record.image is not None and not record.image.is_file():
-        return _Bad("missing_image", f"no file {record.image}")
-    return None
+    """Why the record's image cannot be read (a symlink out of the root, no file), or None."""
+    if record.image is None:
+        return None
+    problem = image_problem(record.image_root or ".", record.image)
+    return None if problem is None else _Bad(*problem)
 
 
 # Readers ------------------------------------------------------------------------------------
@@ -321,7 +334,8 @@ def iter_queries(
 ) -> Iterator[Query]:
     """Stream a query jsonl. With ``known_dids`` (a pool's ids), a query naming any other
     candidate is a bad row (``unknown_candidate``); with ``check_images``, one whose image file
-    is absent (``missing_image``). A repeated qid is a bad row too (UniIR asserts uniqueness)."""
+    is absent (``missing_image``) or lies outside the root through a symlink. A repeated qid is
+    a bad row too (UniIR asserts uniqueness)."""
     path, seen = Path(path), set()
     for line, raw in _lines(path):
         try:
@@ -470,9 +484,15 @@ def instructions_for(
     return instructions[key]
 
 
-def load_image(record: Query | Candidate, bad: BadRows) -> np.ndarray | None:
-    """The record's image as uint8 RGB, or None (no image, or a bad row under its line)."""
-    return None if record.image is None else read_image(record.image, record.where, bad)
+def load_image(
+    record: Query | Candidate, bad: BadRows, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray | None:
+    """The record's image as uint8 RGB, or None (no image, or a bad row under its line: a
+    symlink out of the root, a missing, undecodable or oversized file)."""
+    if record.image is None:
+        return None
+    root = record.image_root or "."
+    return read_image(record.image, record.where, bad, root=root, max_pixels=max_pixels)
 
 
 # UniIR's Recall@K ---------------------------------------------------------------------------

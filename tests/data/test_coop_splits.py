@@ -61,7 +61,7 @@ def test_label_names_by_majority_and_other_faults(tmp_path):
     bad = BadRows()
     splits = read_split_json(tmp_path / "s.json", tmp_path, bad, check_images=False)
     assert splits.names == ("cat", "dog") and len(splits.train) == 3
-    assert bad.report()["skipped"] == {"label_mismatch": 1, "malformed_entry": 1}
+    assert bad.report()["skipped"] == {"label_mismatch": 1, "path_outside_root": 1}
     (tmp_path / "gap.json").write_text(
         json.dumps({"train": [["a", 1, "x"]], "val": [], "test": []})
     )
