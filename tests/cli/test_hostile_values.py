@@ -88,6 +88,7 @@ def test_config_argument_not_taken(capsys, tmp_path):
 def test_unknown_key_and_bad_type(capsys, tmp_path):
     workdir = tmp_path / "run"
     base = ["train", "--config", CONFIG, "--workdir", workdir, *TINY]
-    refused(capsys, [*base, "--config.train.batchsize=8"], workdir, culprit="'train.batchsize'")
+    err = refused(capsys, [*base, "--config.train.batchsize=8"], workdir, culprit="'batchsize'")
+    assert "Valid keys:" in err and "  train.batch_size\n" in err
     refused(capsys, [*base, "--config.train.steps=many"], workdir, culprit="'train.steps'")
     refused(capsys, [*base, "--config.recipe=contrastiv"], workdir, culprit="'contrastiv'")
