@@ -237,3 +237,26 @@ def test_sharded_inputs_match_unsharded():
     assert not sharded[0].sharding.is_fully_replicated
     step = jax.jit(lambda *x: (_per_query_metrics(*x), metrics.ranking_report(*x)))
     _assert_trees_equal(step(*sharded), step(scores, relevance, valid))
+
+
+def test_top_grade_positives_by_hand():
+    """Released ``calculate_mrr``: relevant = label == max(labels), nothing when the max is 0;
+    padding never counts (its label may be the largest)."""
+    labels = jnp.array([[0.5, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.5, 0.2, 3.0, 0.0]])
+    valid = jnp.array([[True] * 4, [True] * 4, [True, True, False, True]])
+    expected = [[False, True, True, False], [False] * 4, [True, False, False, False]]
+    np.testing.assert_array_equal(metrics.positives(labels, valid, "top_grade"), expected)
+    np.testing.assert_array_equal(metrics.positives(labels, valid, "any"), (labels > 0) & valid)
+    with pytest.raises(ValueError, match="top_grade"):
+        metrics.positives(labels, valid, "max")
+
+
+def test_ranking_report_top_grade():
+    """Scores rank candidates 0, 1, 2, 3; labels (.5, 1, 0, 0): "any" hits at 1, "top_grade"
+    only at 2 (MRR 1/2); NDCG is the graded one in both."""
+    scores, labels = jnp.array([[0.9, 0.8, 0.3, 0.1]]), jnp.array([[0.5, 1.0, 0.0, 0.0]])
+    anyone = metrics.ranking_report(scores, labels, ks=(1, 2))
+    top = metrics.ranking_report(scores, labels, ks=(1, 2), rule="top_grade")
+    assert (float(anyone["mrr"]), float(top["mrr"])) == (1.0, 0.5)
+    assert (float(top["recall@1"]), float(top["recall@2"])) == (0.0, 1.0)
+    assert float(top["ndcg"]) == pytest.approx(float(anyone["ndcg"]))

@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
             "image_size": 32,  # 8 x 8 scans upsampled; 4 x 4 patches -> 2 x 2 image tokens
             "max_new_tokens": 32,
             "opening_length": 8,  # tokens of the score path's "['<name>',"
+            # rar.ranking_text.PROMPTS: the paper's printed wording for both (no released file
+            # produced this setting's number)
+            "train_prompt": "generic",
+            "eval_prompt": "generic",
             "tiny": tiny_sizes(vocab_size=512),
         }
     )

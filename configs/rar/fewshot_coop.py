@@ -37,4 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
             "finetune_split": "train",
         }
     )
+    # FGVC-Aircraft ranking data, as RAR's fine-tuning notebook has them, with its prompt
+    # ("a aircraft classification expert"); evaluation keeps fewshot.py's "fewshot" prompt.
+    c.ranker.train_prompt = "finetune"
     return c

@@ -27,7 +27,7 @@ from flax import nnx
 from jaxrank.models.lora import join_lora
 from jaxrank.models.qwen_vision import Grid
 from jaxrank.rar.class_scoring import class_log_probs
-from jaxrank.rar.ranking_text import Ranking, parse_ranking, ranking_prompt
+from jaxrank.rar.ranking_text import PROMPTS, Ranking, parse_ranking, ranking_prompt
 from jaxrank.vlm.base import VLMBase, load_model_and_inputs
 from jaxrank.vlm.programs import vlm_prompt
 
@@ -43,19 +43,23 @@ def _corpus(names: Sequence[str], k: int) -> list[str]:
     """Texts the tiny tokenizer is trained on: prompts and answers over random sets of k."""
     rng = np.random.default_rng(0)
     sets = [[names[i] for i in rng.permutation(len(names))[:k]] for _ in range(256)]
-    return [*(ranking_prompt(s) for s in sets), *(answer_text(s) for s in sets), *names]
+    prompts = [ranking_prompt(s, style) for s in sets for style in PROMPTS]
+    return [*prompts, *(answer_text(s) for s in sets), *names]
 
 
 class RankerBase(VLMBase):
     """The ranker's model before LoRA. Candidates are class names, in prompt order."""
 
-    def conversation(self, names: Sequence[str]) -> list[dict]:
-        prompt = ranking_prompt(names)
+    def conversation(self, names: Sequence[str], style: str = "generic") -> list[dict]:
+        prompt = ranking_prompt(names, style)
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
-    def prompts(self, images: np.ndarray, shown: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
-        """The batch asking to rank the names ``shown`` (in prompt order) per image."""
-        return self.encode([self.conversation(names) for names in shown], images)
+    def prompts(
+        self, images: np.ndarray, shown: Sequence[Sequence[str]], style: str = "generic"
+    ) -> dict[str, np.ndarray]:
+        """The batch asking to rank the names ``shown`` (in prompt order) per image, in the
+        prompt ``style`` (``ranking_text.PROMPTS``)."""
+        return self.encode([self.conversation(names, style) for names in shown], images)
 
     def answers(self, ranked: Sequence[Sequence[str]], length: int) -> dict[str, np.ndarray]:
         """Supervised targets: each answer listing the names ``ranked`` in order."""

@@ -15,6 +15,13 @@ content:
   a format error: the order is the retrieval order, as in the paper.
 
 The prediction is the first class of the order.
+
+The prompt's wording differs between RAR's released files (``PROMPTS``): the fine-tuning data
+(``finetune/build_finetuning_data.ipynb``) reads "a aircraft classification expert, and sort the
+provided categories", the few-shot evaluation (``Few_shot/retrieve_and_rerank.py``) "a
+classification expert, and sort the provided {k} categories"; the paper prints the first without
+the domain word, jaxrank's ``"generic"``. Each config names the prompt of the file its number
+came from (``ranker.train_prompt``, ``ranker.eval_prompt``).
 """
 
 from __future__ import annotations
@@ -25,18 +32,28 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-PROMPT = (
-    "Please play the role of a classification expert, and sort the provided categories from "
-    "high to low according to the top {k} similarity with the input image. Here are the "
+_TAIL = (
+    "from high to low according to the top {k} similarity with the input image. Here are the "
     "optional categories:{names}."
 )
+PROMPTS = {
+    "generic": "Please play the role of a classification expert, and sort the provided "
+    "categories " + _TAIL,
+    "finetune": "Please play the role of a aircraft classification expert, and sort the "
+    "provided categories " + _TAIL,
+    "fewshot": "Please play the role of a classification expert, and sort the provided {k} "
+    "categories " + _TAIL,
+}
+PROMPT = PROMPTS["generic"]
 OUTCOMES = ("ranked", "no_list", "truncated", "no_known_name")
 _SPACES = re.compile(r"\s+")
 
 
-def ranking_prompt(names: Sequence[str]) -> str:
-    """The paper's prompt for ``names`` in retrieval order (k = their number)."""
-    return PROMPT.format(k=len(names), names=str([str(name) for name in names]))
+def ranking_prompt(names: Sequence[str], style: str = "generic") -> str:
+    """The prompt ``style`` (``PROMPTS``) for ``names`` in retrieval order (k = their number)."""
+    if style not in PROMPTS:
+        raise ValueError(f"ranking prompt must be one of {tuple(PROMPTS)}, got {style!r}")
+    return PROMPTS[style].format(k=len(names), names=str([str(name) for name in names]))
 
 
 def _normalise(name: str) -> str:

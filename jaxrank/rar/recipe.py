@@ -81,7 +81,8 @@ def _finetune_batches(cfg, ranker: RankerBase, pool: LabelledImages, embed: Embe
     def place(batch):
         chosen = [examples[r] for r in batch["rows"]]
         images = queries.images[[e.query for e in chosen]]
-        host = ranker.prompts(images, [pool.names_of(e.shown) for e in chosen])
+        shown = [pool.names_of(e.shown) for e in chosen]
+        host = ranker.prompts(images, shown, cfg.ranker.get("train_prompt", "generic"))
         targets = [pool.names_of(e.target) for e in chosen]
         host.update(ranker.answers(targets, cfg.ranker.max_new_tokens))
         return parallel.shard_batch(host, mesh)
@@ -158,7 +159,8 @@ class RankerPrograms:
             shown += [shown[-1]] * (size - n)  # pad the last batch: one compiled program
             rows = images[start : start + size]
             rows = np.concatenate([rows, np.repeat(rows[-1:], size - n, axis=0)])
-            prompts = place(self.ranker.prompts(rows, shown))
+            style = self.cfg.ranker.get("eval_prompt", "generic")
+            prompts = place(self.ranker.prompts(rows, shown, style))
             free = np.full((size, 1), -1, np.int32)
             out = self.sample(self.adapters, self.rest, prompts, jax.random.key(0), free)
             tokens, mask = jax.device_get((out.tokens, out.mask))

@@ -3,9 +3,12 @@ quoted with commas inside names, bare, unknown, duplicate and missing names, tru
 list, and the counts over many answers."""
 
 import pytest
+from paths import CONFIGS
 
+from jaxrank.configs import load_config_file
 from jaxrank.rar.ranking_text import parse_ranking, ranking_prompt, ranking_report
 
+RAR_CONFIGS = CONFIGS / "rar"
 CANDIDATES = ["Boeing 707", "Airbus A320", "Cessna 172", "DC-3", "Tupolev, Tu-154"]
 
 
@@ -16,6 +19,38 @@ def test_prompt_is_the_papers_with_a_list_of_quoted_names():
         "from high to low according to the top 2 similarity with the input image. Here are "
         "the optional categories:['Boeing 707', 'Airbus A320']."
     )
+
+
+def test_prompts_of_the_released_files():
+    """Few_shot/retrieve_and_rerank.py writes "{top_k} " after "provided" (top_k 5 there);
+    finetune/build_finetuning_data.ipynb names the aircraft domain and has no count there."""
+    names = CANDIDATES[:5]
+    listed = "['Boeing 707', 'Airbus A320', 'Cessna 172', 'DC-3', 'Tupolev, Tu-154']"
+    assert ranking_prompt(names, "fewshot") == (
+        "Please play the role of a classification expert, and sort the provided 5 categories "
+        "from high to low according to the top 5 similarity with the input image. Here are "
+        f"the optional categories:{listed}."
+    )
+    assert ranking_prompt(names, "finetune") == (
+        "Please play the role of a aircraft classification expert, and sort the provided "
+        "categories from high to low according to the top 5 similarity with the input image. "
+        f"Here are the optional categories:{listed}."
+    )
+    with pytest.raises(ValueError, match="fewshot"):
+        ranking_prompt(names, "paper")
+
+
+def test_each_rar_config_names_the_prompt_of_its_numbers_file():
+    configs = {
+        name: load_config_file(RAR_CONFIGS / f"{name}.py")
+        for name in ("digits", "fewshot", "fewshot_coop")
+    }
+    prompts = {n: (c.ranker.train_prompt, c.ranker.eval_prompt) for n, c in configs.items()}
+    assert prompts == {
+        "digits": ("generic", "generic"),
+        "fewshot": ("generic", "fewshot"),
+        "fewshot_coop": ("finetune", "fewshot"),
+    }
 
 
 @pytest.mark.parametrize(

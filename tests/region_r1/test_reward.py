@@ -202,3 +202,52 @@ def test_batch_under_jit_matches_a_numpy_reference():
     ]  # fmt: skip
     np.testing.assert_allclose(rewards, expected, rtol=1e-5, atol=1e-5)
     assert rewards.dtype == jnp.float32
+
+
+def test_absolute_reward_is_half_mrr_half_ndcg_of_the_actions_ranking():
+    """Released ``clip_reranking_reward``: 0.5 MRR + 0.5 NDCG of the ranking used, whatever the
+    full image's. BETTER: 1.0; WORSE: .5 / 4 + .5 / log2 5 = .34033; FULL and an empty box
+    (the released crop returns the original image) read the base: .5 / 3 + .5 / 2 = .41667."""
+    rewards, _ = _rewards(
+        [BETTER, WORSE, BASE[0], BASE[0]],
+        [REGION, REGION, FULL, REGION],
+        [True, True, True, False],
+        kind="absolute",
+    )
+    expected = [1.0, 0.5 / 4 + 0.5 / LOG2(5), 0.5 / 3 + 0.5 / 2, 0.5 / 3 + 0.5 / 2]
+    np.testing.assert_allclose(rewards, [expected], rtol=1e-6)
+
+
+def test_crop_error_reward_replaces_only_boxes_whose_released_crop_raises():
+    """Released: the crop raises for a side under one pixel; the mixture reward's ``except``
+    gives 0, the absolute one's 0.3. Unset, jaxrank scores the crop."""
+    crops = jnp.array([[BETTER, BETTER]], jnp.float32)
+    args = (jnp.array(BASE), jnp.array(LABELS), jnp.array([[REGION, REGION]]))
+    fails = jnp.array([[True, False]])
+    for kind, value in (("difference", 0.0), ("absolute", 0.3)):
+        config = RegionR1RewardConfig(kind=kind, crop_error_reward=value)
+        rewards, _ = region_r1_rewards(crops, *args, jnp.array([[True, True]]), None, config, fails)
+        assert rewards[0, 0] == pytest.approx(value)
+        assert rewards[0, 1] == pytest.approx(1.0 if kind == "absolute" else 3.0598, abs=1e-3)
+    unset, _ = region_r1_rewards(crops, *args, jnp.array([[True, True]]), None, crop_fails=fails)
+    np.testing.assert_allclose(unset[0, 0], unset[0, 1])
+
+
+def test_top_grade_positives_as_the_released_metrics():
+    """Labels (.5, 1, 0, 0) with scores ranking 0, 1, 2, 3. "any": the first positive is
+    candidate 0 (MRR 1, rank 1, margin mean(.9, .8) - .3 = .55); released "top_grade": only
+    candidate 1 (label == max), so MRR 1/2, rank 2, margin .8 - .9 = -.1. NDCG weighs the grades
+    either way: (.5 + 1 / log2 3) / (1 + .5 / log2 3) = .85965."""
+    scores, labels = jnp.array([0.9, 0.8, 0.3, 0.1]), jnp.array([0.5, 1.0, 0.0, 0.0])
+    ndcg = (0.5 + 1 / LOG2(3)) / (1 + 0.5 / LOG2(3))
+    for rule, (mrr, rank, margin) in (("any", (1, 1, 0.55)), ("top_grade", (0.5, 2, -0.1))):
+        q = ranking_quality(scores, labels, positives=rule)
+        np.testing.assert_allclose(
+            [q.mrr, q.rank, q.margin, q.ndcg], [mrr, rank, margin, ndcg], rtol=1e-5
+        )
+
+
+def test_reward_config_rejects_unknown_switches():
+    for field in ("kind", "positives", "crop_view"):
+        with pytest.raises(ValueError, match=field):
+            RegionR1RewardConfig(**{field: "nope"})
