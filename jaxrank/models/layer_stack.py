@@ -34,6 +34,13 @@ class Stacking:
 UNROLLED = Stacking()
 
 
+def stacking_of(section: Any, prefix: str = "") -> Stacking:
+    """The ``Stacking`` a config section names with its ``{prefix}scan_layers`` and
+    ``{prefix}remat`` keys (both False when absent)."""
+    get = lambda key: bool(section.get(f"{prefix}{key}", False))
+    return Stacking(scan=get("scan_layers"), remat=get("remat"))
+
+
 def is_static(x: Any) -> bool:
     """Whether a per-layer input is a Python value (unrolled layers) rather than a traced one."""
     return not isinstance(x, jax.Array)
@@ -95,15 +102,20 @@ def run(
         return carry, ys
 
     graphdef, params, rest = nnx.split(layers, nnx.Param, ...)
+    mutated = []  # set while tracing: the body advanced an RNG stream (dropout in train mode)
 
     def step(carry, inputs):
         layer_params, layer_rest, x = inputs
         layer = nnx.merge(graphdef, layer_params, layer_rest)
         carry, y = body(layer, carry, x)
-        return carry, (y, nnx.state(layer, nnx.Not(nnx.Param)))
+        after = nnx.state(layer, nnx.Not(nnx.Param))
+        before = jax.tree.leaves(layer_rest)
+        mutated.append(any(a is not b for a, b in zip(jax.tree.leaves(after), before, strict=True)))
+        return carry, (y, after)
 
     if remat:
         step = jax.checkpoint(step, prevent_cse=False)
     carry, (ys, rest_out) = jax.lax.scan(step, carry, (params, rest, xs))
-    nnx.update(layers, rest_out)
+    if any(mutated):  # else the layers may belong to an outer trace (a sampler's while_loop)
+        nnx.update(layers, rest_out)
     return carry, ys

@@ -17,6 +17,10 @@ estimated term by term:
   residual, q, k, v and the output: ``W + 4 A``, plus the (query, key, head) triples' float32
   softmax and its compute-dtype copy when narrower) and its MLP phase (the residual, its norm
   and the hidden activations: ``2 W + 2 F`` gated, ``2 W + F`` plain).
+- **Rematerialised layers** (``models.layer_stack``'s ``remat``): a backward pass keeps each
+  layer's input only (the residual stream, ``W`` elements a token) and recomputes one layer's
+  saved activations at a time, so the layers' terms become ``depth`` inputs plus the largest
+  layer's saved activations.
 - **KV caches**, **logits** (float32) and the optimizer's two AdamW moments (in the
   parameters' dtype, as optax keeps them) as their shapes say.
 
@@ -124,6 +128,13 @@ def live_layer_bytes(layer: Layer, tokens: float, triples: float, itemsize: int)
     attending = tokens * layer.attention_phase_elements() * itemsize
     attending += attention_bytes(triples, itemsize)
     return max(attending, tokens * layer.mlp_phase_elements() * itemsize)
+
+
+def rematerialised_bytes(saved: list[float], layer_input: float) -> list[float]:
+    """Per-layer saved activations ``saved`` under rematerialisation: each layer keeps its
+    ``layer_input`` bytes, and one layer's activations (the largest) live while it is
+    recomputed."""
+    return [layer_input] * len(saved) + [max(saved)]
 
 
 def kv_cache_bytes(

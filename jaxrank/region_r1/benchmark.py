@@ -36,6 +36,7 @@ from jaxrank.data.evqa import ImageLayout, load_id2name, read_evqa_csv, read_que
 from jaxrank.data.wiki_kb import WikiEntry, iter_kb
 from jaxrank.models.hf import load_pretrained
 from jaxrank.models.hf.inputs import pretrained_inputs
+from jaxrank.models.layer_stack import stacking_of
 from jaxrank.search import Index
 
 BENCHMARKS = ("evqa", "infoseek")  # InfoSeek as EchoSight converted it to E-VQA's CSV format
@@ -55,7 +56,12 @@ class BenchmarkScorer:
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh):
         if not cfg.scorer_checkpoint:
             raise ConfigError("scorer_checkpoint is empty: name a CLIP-family checkpoint")
-        loaded = load_pretrained(cfg.scorer_checkpoint, compute_dtype=cfg.scorer_dtype, mesh=mesh)
+        loaded = load_pretrained(
+            cfg.scorer_checkpoint,
+            compute_dtype=cfg.scorer_dtype,
+            mesh=mesh,
+            stacking=stacking_of(cfg, "scorer_"),
+        )
         inputs = pretrained_inputs(cfg.scorer_checkpoint)
         graphdef, self.params = nnx.split(loaded.model, nnx.Param)
         self.input_size = inputs.image_size

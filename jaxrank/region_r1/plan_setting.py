@@ -20,6 +20,7 @@ import ml_collections
 from jaxrank.models.dual_encoder import DualEncoderConfig
 from jaxrank.models.hf.published import at_depth, dual_encoder_preset, vlm_preset
 from jaxrank.models.hf.qwen_vl_processor import smart_resize
+from jaxrank.models.layer_stack import stacking_of, with_stacking
 from jaxrank.models.lora import LoRAConfig
 from jaxrank.models.vlm import VLMConfig
 from jaxrank.perf import memory
@@ -68,10 +69,11 @@ def read_setting(
     """The setting of a Region-R1 MLLM config; ``depth`` builds every tower that many layers
     deep (real widths), ``dtype`` overrides the policy's and the scorer's compute dtype."""
     dtype = jnp.dtype(dtype or cfg.policy.dtype)
-    policy = vlm_preset(cfg.policy.checkpoint)
+    policy = with_stacking(vlm_preset(cfg.policy.checkpoint), stacking_of(cfg.policy))
     scorer = dual_encoder_preset(
         cfg.scorer_checkpoint, dtype if cfg.get("scorer_dtype") else jnp.float32, jnp.float32
     )
+    scorer = with_stacking(scorer, stacking_of(cfg, "scorer_"))
     if depth is not None:
         policy, scorer = at_depth(policy, depth), at_depth(scorer, depth)
     side = cfg.policy.image_size
@@ -143,21 +145,27 @@ def update_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[st
     rows = b * s.group
     tokens = b * s.prompt_length + rows * s.new_tokens
     triples = tokens * s.slots * lm.heads
-    layer = memory.saved_activation_bytes(_decoder_layer(s), tokens, triples, e)
+    saved = [memory.saved_activation_bytes(_decoder_layer(s), tokens, triples, e)] * lm.depth
     vision = _vision_layer(s)
     images_tokens = b * data * s.patches
-    vision_saved = sum(
+    vision_saved = [
         memory.saved_activation_bytes(vision, images_tokens, t, e)
         for t in _vision_triples(s, b * data)
-    )
+    ]
+    if lm.stacking.remat:
+        saved = memory.rematerialised_bytes(saved, tokens * lm.width * e)
+    if s.policy.vision.stacking.remat:
+        vision_saved = memory.rematerialised_bytes(
+            vision_saved, images_tokens * s.policy.vision.width * e
+        )
     completion = rows * s.new_tokens
     logits = memory.logits_bytes(completion, lm.vocab_size, copies=4)
     if e < memory.FLOAT32:
         logits += 2 * completion * lm.vocab_size * e
     return {
-        "decoder_activations": lm.depth * layer / model,
+        "decoder_activations": sum(saved) / model,
         "kv_caches": _kv(s, rows + b) / model,
-        "vision_activations": vision_saved / model,
+        "vision_activations": sum(vision_saved) / model,
         "logits": logits,
     }
 

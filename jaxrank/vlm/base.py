@@ -25,6 +25,7 @@ from jaxrank.models.hf.qwen2_vl import load_vlm
 from jaxrank.models.hf.qwen_tokenizer import train_qwen_style_tokenizer
 from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs
 from jaxrank.models.hf.qwen_vl_processor import smart_resize
+from jaxrank.models.layer_stack import stacking_of, with_stacking
 from jaxrank.models.lm import LMConfig
 from jaxrank.models.qwen_vision import QwenVisionConfig
 from jaxrank.models.vlm import VisionLanguageModel, VLMConfig
@@ -122,7 +123,12 @@ def load_model_and_inputs(
     ``special_tokens`` are added to the tokenizer; a checkpoint must have embedding rows for
     them already (Qwen2-VL's checkpoints keep a few hundred spare rows), else it is refused."""
     if section.checkpoint:
-        loaded = load_vlm(section.checkpoint, dtype=jnp.dtype(section.dtype), mesh=mesh)
+        loaded = load_vlm(
+            section.checkpoint,
+            dtype=jnp.dtype(section.dtype),
+            mesh=mesh,
+            stacking=stacking_of(section),
+        )
         inputs = QwenVLInputs.from_pretrained(section.checkpoint)
         ids = add_special_tokens(inputs.tokenizer, special_tokens)
         rows = loaded.model.config.lm.vocab_size
@@ -137,6 +143,7 @@ def load_model_and_inputs(
         _write_tiny_inputs(section, folder, corpus(), special_tokens)
     inputs = QwenVLInputs.from_pretrained(folder)
     config = tiny_vlm_config(section.tiny, len(inputs.tokenizer), inputs.image_token_id)
+    config = with_stacking(config, stacking_of(section))
     with jax.set_mesh(mesh):
         model = VisionLanguageModel(config, rngs=nnx.Rngs(seed))
     return model, inputs

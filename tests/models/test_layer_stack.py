@@ -35,6 +35,12 @@ def vlm_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def vlms(vlm_folder):
+    """The checkpoint loaded unrolled, and scanned + rematerialised."""
+    return tuple(load_vlm(vlm_folder, stacking=s).model for s in (Stacking(), SCANNED))
+
+
 def _flat(tree) -> dict:
     return traverse_util.flatten_dict(nnx.to_pure_dict(tree))
 
@@ -56,6 +62,11 @@ def _as_stacked(flat: dict) -> dict:
     }
 
 
+def _logits(model, batch) -> np.ndarray:
+    forward = nnx.jit(lambda m, *x: m(*x, grids=batch.grids).logits)
+    return np.asarray(forward(model, batch.tokens, batch.mask, batch.positions, batch.patches))
+
+
 def _logits_and_grad(model, batch):
     """Logits, and the gradient of a fixed random projection of them, w.r.t. every parameter."""
     patches = jnp.asarray(batch.patches)
@@ -70,10 +81,9 @@ def _logits_and_grad(model, batch):
     return np.asarray(logits), _flat(grads)
 
 
-def test_scanned_vlm_matches_unrolled_forward_and_gradient(vlm_folder):
+def test_scanned_vlm_matches_unrolled_forward_and_gradient(vlm_folder, vlms):
     batch = jaxrank_inputs(vlm_folder, True)
-    unrolled = load_vlm(vlm_folder).model
-    scanned = load_vlm(vlm_folder, stacking=SCANNED).model
+    unrolled, scanned = vlms
     assert scanned.language_model.layers.mlp.up_proj.kernel.shape == (2, 48, 64)
     real = batch.mask.astype(bool)
     want_logits, want_grads = _logits_and_grad(unrolled, batch)
@@ -86,12 +96,12 @@ def test_scanned_vlm_matches_unrolled_forward_and_gradient(vlm_folder):
         np.testing.assert_allclose(got_grads[path], want, atol=1e-5 * scale, rtol=0, err_msg=path)
 
 
-def test_scanned_decoder_decodes_over_its_stacked_cache(vlm_folder):
+def test_scanned_decoder_decodes_over_its_stacked_cache(vlms):
     """Prefill then three one-token steps through the KV cache: the same logits and cache."""
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 272, (2, 9)))
     outputs = []
-    for stacking in (Stacking(), SCANNED):
-        lm = load_vlm(vlm_folder, stacking=stacking).model.language_model
+    for vlm in vlms:
+        lm = vlm.language_model
 
         @nnx.jit
         def run(lm, tokens):
@@ -109,16 +119,14 @@ def test_scanned_decoder_decodes_over_its_stacked_cache(vlm_folder):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_lora_on_stacked_linears_equals_lora_on_each_layer(vlm_folder):
+def test_lora_on_stacked_linears_equals_lora_on_each_layer(vlm_folder, vlms):
     """Adapters on a scanned model have a layer axis; with the unrolled model's adapters
-    (random B) stacked into them the two models agree, and merge back alike."""
+    (random B) stacked into them the two models agree."""
     batch = jaxrank_inputs(vlm_folder, True)
     config = LoRAConfig(rank=2, alpha=4.0)
-    models = []
-    for stacking in (Stacking(), SCANNED):
-        model = load_vlm(vlm_folder, stacking=stacking).model
-        models.append(apply_lora(model, config, nnx.Rngs(params=1, dropout=2)))
-    unrolled, scanned = models
+    unrolled, scanned = (
+        apply_lora(nnx.clone(m), config, nnx.Rngs(params=1, dropout=2)) for m in vlms
+    )
     assert scanned.language_model.layers.self_attn.q_proj.lora_a.shape == (2, 48, 2)
     adapters = _flat(nnx.state(unrolled, LoRAParam))
     rng = np.random.default_rng(1)
@@ -126,8 +134,7 @@ def test_lora_on_stacked_linears_equals_lora_on_each_layer(vlm_folder):
     nnx.update(unrolled, nnx.State(traverse_util.unflatten_dict(adapters)))
     stacked = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(_as_stacked(adapters)))
     nnx.update(scanned, nnx.State(stacked))
-    want, _ = _logits_and_grad(unrolled, batch)
-    got, _ = _logits_and_grad(scanned, batch)
+    want, got = _logits(unrolled, batch), _logits(scanned, batch)
     real = batch.mask.astype(bool)
     np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=0)
 
