@@ -4,6 +4,8 @@ template."""
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -23,6 +25,7 @@ def zoom(bbox: str, label: str = '"the dog"') -> str:
 
 
 WELL_FORMED = call(zoom("[10, 20, 110, 220]"))
+NO_CROP_TEXT = crop_tool.NO_CROP
 
 
 @pytest.mark.parametrize(
@@ -274,3 +277,98 @@ def test_deep_nesting_never_raises(depth):
     for body in ("[" * depth + "]" * depth, '{"a": ' * depth + "1" + "}" * depth):
         parsed = parse_completion(call(body))
         assert parsed.decision == FULL and parsed.outcome == "malformed"
+
+
+ADVERSARIAL = [
+    call("[" * 50_000),  # unclosed nesting inside a call
+    "<tool_call>" + '{"arguments": {"bbox_2d": [' * 300,  # truncated deep nesting
+    call(zoom("[10, 20, 110, 220]", label='"🐕 ∂ \\ud800 ñ"')),  # unicode and a lone surrogate
+    call(zoom('["１０", "２０", "１１０", "２２０"]')),  # full-width digits (float() reads them)
+    call(zoom("[1" + "0" * 400 + ", 0, 5, 5]")),  # an int too large for a float
+    call(zoom("[1e308, 1e308, 1e309, -1e309]")),
+    call(zoom("[NaN, 0, 5, 5]")),
+    call(zoom("[10, 20, 110, 220]")) * 3 + NO_CROP_TEXT,  # several calls
+    "<tool_call><tool_call><tool_call>" + "</tool_call>" * 5,
+    '<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 20, 1',  # cut
+    "\x00" * 1000 + "<tool_call>\x00</tool_call>",
+    "\u202e" + call('{"bbox_2d": [1,2,3,4]}') + "\ufeff",
+    call('"bbox_2d": [' + "9" * 5000 + ", 1, 2, 3]"),  # regex fallback with a huge number
+    call('{"arguments": {"bbox_2d": {"x1": 1}}, "arguments": [1, 2, 3, 4]}'),
+]
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL)
+def test_adversarial_completions_never_raise(text):
+    """Whatever the text, an action: REGION with four finite numbers, or FULL."""
+    parsed = parse_completion(text)
+    assert parsed.outcome in crop_tool.OUTCOMES
+    if parsed.decision == REGION:
+        assert len(parsed.box) == 4 and all(math.isfinite(v) for v in parsed.box)
+    else:
+        assert parsed.box is None
+
+
+def test_random_completions_never_raise():
+    """Random mixes of the grammar's pieces, unicode and numbers (2,000 texts)."""
+    rng = np.random.default_rng(0)
+    pieces = [
+        "<tool_call>",
+        "</tool_call>",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"bbox_2d"',
+        ":",
+        ",",
+        '"',
+        "arguments",
+        "1e999",
+        "-0",
+        "NaN",
+        "3.5",
+        "é",
+        "🙂",
+        "\\",
+        "\n",
+        NO_CROP_TEXT,
+    ]
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces, size=rng.integers(1, 40)))
+        parsed = parse_completion(text)
+        assert parsed.outcome in crop_tool.OUTCOMES
+        assert parsed.box is None or all(math.isfinite(v) for v in parsed.box)
+
+
+def test_box_frame_switch_by_hand():
+    """A 300 x 450 (h x w) image seen as 280 x 420: x scales by 450 / 420, y by 300 / 280 in
+    jaxrank's "model" frame; the released code applies the box as written ("original")."""
+    box = [28.0, 56.0, 140.0, 280.0]
+    model = crop_tool.box_in_image(box, (280, 420), (300, 450), "model")
+    np.testing.assert_allclose(model, [30.0, 60.0, 150.0, 300.0])
+    assert model.dtype == np.float64
+    np.testing.assert_array_equal(
+        crop_tool.box_in_image(box, (280, 420), (300, 450), "original"), box
+    )
+    with pytest.raises(ValueError, match="original"):
+        crop_tool.box_in_image(box, (280, 420), (300, 450), "resized")
+
+
+def test_box_frame_in_graph_per_image_sizes():
+    """The same map traced under jit, per-image sizes ``[B, 1, 2]`` against boxes ``[B, G, 4]``."""
+    boxes = jnp.asarray([[[28.0, 56.0, 140.0, 280.0]], [[10.0, 10.0, 20.0, 30.0]]])
+    model = jnp.asarray([[[280, 420]], [[100, 100]]])
+    original = jnp.asarray([[[300, 450]], [[50, 200]]])
+    mapped = jax.jit(lambda b, m, o: crop_tool.box_in_image(b, m, o, "model"))(
+        boxes, model, original
+    )
+    np.testing.assert_allclose(mapped, [[[30, 60, 150, 300]], [[20, 5, 40, 15]]], rtol=1e-6)
+    assert mapped.dtype == jnp.float32
+    kept = jax.jit(lambda b, m, o: crop_tool.box_in_image(b, m, o, "original"))(
+        boxes, model, original
+    )
+    np.testing.assert_array_equal(kept, boxes)
+    _, host, _ = crop_tool.actions_from_completions(
+        [WELL_FORMED], [(100, 100)], [(50, 200)], "original"
+    )
+    np.testing.assert_array_equal(host, [[10, 20, 110, 220]])
