@@ -2,8 +2,8 @@
 
 Everything that can be refused is refused here, before the first byte lands in the run folder:
 the config's values and data paths, the mesh against this machine's devices, the batches the
-recipe splits over the mesh's data axis, and the folder itself (``train.workdir``). Only then
-is the folder locked (and created) and the recipe started.
+recipe splits over the mesh's data axis, the folder itself (``train.workdir``) and its stages'
+metrics logs. Only then is the folder locked (and created) and the recipe started.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import ml_collections
 
 from jaxrank import config_rules, parallel
 from jaxrank.cli.recipes import recipe_of
+from jaxrank.train.runlog import read_jsonl
 from jaxrank.train.workdir import check_workdir, workdir_lock
 
 
@@ -28,7 +29,10 @@ def check_run(
     config_rules.validate(cfg)
     if "mesh" in cfg:
         parallel.check_divisible_batches(cfg, recipe.sharded_batches, cfg.mesh.data)
-    return check_workdir(workdir, cfg, existing=existing)
+    workdir = check_workdir(workdir, cfg, existing=existing)
+    for log in (*workdir.glob("metrics.jsonl"), *workdir.glob("*/metrics.jsonl")):
+        read_jsonl(log)  # a resume cuts them at its checkpoint: a damaged line is named now
+    return workdir
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import os
 import shutil
 
 import contrastive_tiny
+import jax
 import pytest
 from contrastive_tiny import CONFIG
 from fast_xla import fast_compile
@@ -14,8 +15,9 @@ from refusals import refused, snapshot
 
 from jaxrank.cli import main as cli
 
-TINY = [f"--config.{o}" for o in (*contrastive_tiny.TINY, "train.steps=2")]
-RUN = [*TINY, "--config.train.log_every=1", "--config.train.checkpoint_every=1"]
+# 0 steps: the untrained encoder saved as step 0 and evaluated, a whole run without the
+# training step's compilation (these tests are about the run folder, not the weights).
+RUN = [f"--config.{o}" for o in (*contrastive_tiny.TINY, "train.steps=0")]
 
 
 def train(workdir, *extra):
@@ -24,17 +26,26 @@ def train(workdir, *extra):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A finished 2-step run, trained by the corrected twin of a refused command (class 2:
-    the refusal wrote nothing, so the correction is not "a different config")."""
+    """A finished run, made by the corrected twin of a refused command (class 2:
+    the refusal wrote nothing, so the correction is not "a different config"), then
+    re-evaluated with ``eval`` (in the same compilation context: its programs are the
+    training run's evaluation programs). Returns the folder and its training report's hashes
+    before the ``eval``."""
     workdir = tmp_path_factory.mktemp("hostile") / "run"
     assert cli.main([str(a) for a in train(workdir, "--config.train.batch_size=0")]) == 2
     assert not workdir.exists()
     with fast_compile():  # its time is almost all compilation
         assert cli.main([str(a) for a in train(workdir)]) == 0
-    return workdir
+        trained = snapshot(workdir / "report.json", workdir / "report.md")
+        assert (
+            cli.main([str(a) for a in ["eval", "--config", CONFIG, "--workdir", workdir, *RUN]])
+            == 0
+        )
+    return workdir, trained
 
 
 def test_refusal_wrote_nothing_so_the_correction_ran(run):
+    run, _ = run
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["batch_size"] == 16
     assert saved["mesh"] == {"data": 8, "model": 1}  # recorded resolved, not -1
@@ -97,39 +108,42 @@ def test_eval_on_nothing_creates_nothing(capsys, tmp_path):
 
 
 def test_resume_with_another_config(capsys, run):
+    run, _ = run
     err = refused(capsys, train(run, "--config.train.learning_rate=0.5"), run, culprit=str(run))
     assert "train.learning_rate: 0.001 -> 0.5" in err
 
 
-def test_resume_on_another_mesh(capsys, run):
-    """The run recorded data=8 x model=1; the same devices split 4 x 2 (as a resume on 4 hosts'
-    worth of devices would resolve data=-1 differently) is not the same sums."""
+def test_resume_on_another_mesh(capsys, run, monkeypatch):
+    """The run recorded its resolved mesh, data=8 x model=1. Resuming where ``mesh.data=-1``
+    resolves to 4 devices (``jax.device_count`` answering as a 4-device machine does), or on
+    the same 8 devices split 4 x 2, would not continue bit-exactly: refused."""
+    run, _ = run
     mesh = ["--config.mesh.data=4", "--config.mesh.model=2"]
     err = refused(capsys, train(run, *mesh), run, culprit="data=8 x model=1 mesh")
     assert "not continue bit-exactly" in err
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    err = refused(capsys, train(run), run, culprit="data=8 x model=1 mesh")
+    assert "mesh.data: 8 -> 4" in err
 
 
 def test_malformed_metrics_line(capsys, run, tmp_path):
-    """A resume reads metrics.jsonl to cut it at the checkpoint: a damaged line in the middle
-    (not the last line a kill cuts short) is named by file and line."""
+    """A resume cuts metrics.jsonl at its checkpoint: a damaged line in the middle (not the
+    last line, which a kill may cut short) is named by file and line before the run starts."""
     copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    shutil.rmtree(copy / "checkpoints" / "2")
-    (copy / "report.json").unlink()
+    shutil.copytree(run[0], copy)
     metrics = copy / "metrics.jsonl"
-    lines = metrics.read_text().splitlines()
-    metrics.write_text("\n".join(['{"step": 1, oops', *lines[1:]]) + "\n")
-    refused(capsys, train(copy), copy, culprit=(f"{metrics}:1", "integer 'step'"))
+    for first in ('{"step": 1, oops', '{"step": "one"}', "[1]"):
+        metrics.write_text(f'{first}\n{{"step": 2, "train/loss": 1.0}}\n')
+        refused(capsys, train(copy), copy, culprit=(f"{metrics}:1", "integer 'step'"))
 
 
-def test_eval_keeps_the_training_report(capsys, run):
-    """``eval`` on a finished run writes eval_report.*; report.json keeps its training time and
-    devices (it used to become "0 s on ")."""
-    before = snapshot(run / "report.json", run / "report.md")
-    with fast_compile():
-        assert cli.main([str(a) for a in ["eval", "--config", CONFIG, "--workdir", run, *RUN]]) == 0
-    assert snapshot(run / "report.json", run / "report.md") == before
+def test_eval_keeps_the_training_report(run):
+    """``eval`` on a finished run wrote eval_report.*; report.json kept its training time and
+    devices (it used to be overwritten with "0 s on ")."""
+    run, trained_hashes = run
+    assert snapshot(run / "report.json", run / "report.md") == trained_hashes
     trained = json.loads((run / "report.json").read_text())
     evaluated = json.loads((run / "eval_report.json").read_text())
     assert trained["train"]["train_seconds"] > 0 and trained["train"]["devices"]
     assert evaluated.keys() == trained.keys()
+    assert (run / "eval_report.md").is_file()
