@@ -14,6 +14,7 @@ from typing import Any
 from jaxrank.cli.arguments import split_overrides
 from jaxrank.cli.data_check import check_data, print_missing
 from jaxrank.cli.recipes import recipe_module
+from jaxrank.cli.run_folder import held_run
 from jaxrank.configs import ConfigError, apply_overrides, load_config_file
 from jaxrank.train import report
 
@@ -111,7 +112,8 @@ def reproduce(name: str, workdir: str | Path, overrides: list[str]) -> dict[str,
         return None
     if target.achieved is None:
         raise ConfigError(f"{name}: the data is present, but {target.note}")
-    recipe_module(cfg).train_and_evaluate(cfg, workdir)
+    with held_run(cfg, workdir) as workdir:
+        recipe_module(cfg).train_and_evaluate(cfg, workdir)
     results = json.loads((Path(workdir) / "report.json").read_text())
     achieved = target.achieved(results)
     rows = [
