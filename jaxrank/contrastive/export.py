@@ -4,6 +4,7 @@ neither is refused, naming what differs, before anything is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from flax import nnx
 from jaxrank import imaging, parallel
 from jaxrank.contrastive.encoder import restore
 from jaxrank.models.dual_encoder import DualEncoder
-from jaxrank.models.hf.export import check_exportable, save_pretrained
+from jaxrank.models.hf.export import LEGACY_CLIP_EOS, check_exportable, save_pretrained
 from jaxrank.models.hf.export_card import Artifact
 from jaxrank.models.hf.files import CONFIG_FILE, INDEX_FILE, resolve_checkpoint
 
@@ -33,12 +34,40 @@ def _inputs_note(cfg: ml_collections.ConfigDict) -> str:
     )
 
 
+def eos_moved(encoder: DualEncoder) -> tuple[DualEncoder, int | None]:
+    """``encoder`` with its end-of-text token moved to a new last row of the token table (a
+    copy of its row) when it is id 2, which transformers' CLIP reads as "pool at the largest
+    id"; the new id, or None when nothing moved. Texts with the old id replaced by the new one
+    give the same embeddings as before."""
+    text = encoder.config.text
+    if not (text.pool == "eos" and text.eos_token_id == LEGACY_CLIP_EOS):
+        return encoder, None
+    new_id = text.vocab_size
+    moved_text = dataclasses.replace(text, vocab_size=new_id + 1, eos_token_id=new_id)
+    config = dataclasses.replace(encoder.config, text=moved_text)
+    moved = nnx.eval_shape(lambda: DualEncoder(config, rngs=nnx.Rngs(0)))
+    params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+    table = params["text"]["tower"]["token_embedding"]
+    table["embedding"] = jnp.concatenate([table["embedding"], table["embedding"][2:3]])
+    state = nnx.state(moved, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(moved, state)
+    return moved, new_id
+
+
 def encoder_artifact(
     cfg: ml_collections.ConfigDict, encoder: DualEncoder, title: str, description: str
 ) -> Artifact:
     """``encoder`` (whole on this host) as an ``Artifact``; refused here if transformers has no
     counterpart for it."""
+    encoder, moved_eos = eos_moved(encoder)
     check_exportable(encoder)
+    if moved_eos is not None:
+        description += (
+            f" Its end-of-text token is id {moved_eos} in this export (jaxrank's vocabulary "
+            f"writes {LEGACY_CLIP_EOS}, which transformers' CLIP would read as its legacy "
+            f"pooling rule): replace id {LEGACY_CLIP_EOS} by {moved_eos} in its input ids."
+        )
     pretrained = cfg.model.get("pretrained", "")
 
     def write(folder: Path, fmt: str, max_shard_bytes: int | None) -> None:

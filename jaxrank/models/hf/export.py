@@ -26,6 +26,9 @@ from jaxrank.models.hf.tensors import stacked_rules, to_checkpoint, unstacked
 from jaxrank.models.text import TextConfig
 from jaxrank.models.vit import VisionConfig
 
+# transformers' CLIP pools at the largest token id when its eos_token_id is 2 (checkpoints from
+# before transformers PR #24773); a jaxrank tower that ends texts with id 2 differs.
+LEGACY_CLIP_EOS = 2
 _PREFIXES: dict[Tower, str] = {"image": "vision_model.", "text": "text_model."}
 _ARCHITECTURES = {
     ("clip", ("image", "text"), True): "CLIPModel",
@@ -106,6 +109,12 @@ def _family_and_architecture(towers: Towers, kinds: tuple[Tower, ...]) -> tuple[
         raise UnsupportedCheckpoint(
             "this encoder's layout matches neither CLIP nor SigLIP as transformers implements "
             f"them (towers {kinds}, projection={projected}): it cannot be exported"
+        )
+    if name == "clip" and "text" in kinds and towers.text.eos_token_id == LEGACY_CLIP_EOS:
+        raise UnsupportedCheckpoint(
+            f"the text tower pools at the first end-of-text token, id {LEGACY_CLIP_EOS}; "
+            f"transformers' CLIP reads eos_token_id={LEGACY_CLIP_EOS} as its legacy rule (pool at "
+            "the largest token id), so the export would compute other text embeddings"
         )
     if name == "clip" and towers.projection_bias:
         raise UnsupportedCheckpoint("CLIP projections have no bias; this encoder's do")

@@ -64,7 +64,9 @@ def peft_tensors(
         lora_b = np.zeros((rows, rank * len(parts)), lora_a.dtype)
         for i, (rule, _, b, _) in enumerate(parts):
             lora_b[rule.rows[0] : rule.rows[1], i * rank : (i + 1) * rank] = b.T
-        tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = lora_a, lora_b
+        # concatenating transposes gives a Fortran-ordered array; safetensors writes raw bytes
+        tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(lora_a)
+        tensors[f"{key}.lora_B.weight"] = lora_b
         packed[module_name(name)] = rank * len(parts)
     if len(scales) != 1 or len(ranks) != 1:
         raise ValueError(f"adapters of several ranks {ranks} or scales {scales}; PEFT needs one")

@@ -1,0 +1,120 @@
+"""``jaxrank export`` on a short real contrastive run: the exported CLIP checkpoint computes in
+transformers' PyTorch model what jaxrank's encoder computes, loads back into jaxrank with the
+same parameters, is byte-identical when the run's parameters sit on a 4x2 (data, model) mesh,
+and carries a model card; bad input ends in one ``jaxrank: error:`` line with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from contrastive_tiny import tiny_config
+from fast_xla import fast_compile
+from flax import nnx
+
+from jaxrank import parallel
+from jaxrank.cli import main as cli
+from jaxrank.cli.export import export_run
+from jaxrank.contrastive.encoder import restore
+from jaxrank.contrastive.recipe import train_and_evaluate
+from jaxrank.models.hf import load_pretrained
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _unit(features) -> np.ndarray:
+    """transformers' features (a tensor, or an output whose pooler_output holds them), unit
+    length as jaxrank's encoders return them."""
+    x = getattr(features, "pooler_output", features).numpy()
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step contrastive run (8 virtual devices), and its encoder restored on one."""
+    workdir = tmp_path_factory.mktemp("run") / "contrastive"
+    cfg = tiny_config("train.steps=2")
+    with fast_compile():
+        train_and_evaluate(cfg, workdir)
+    mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
+    _, graphdef, params = restore(cfg, workdir, mesh)
+    return workdir, nnx.merge(graphdef, params)
+
+
+def test_exported_clip_computes_what_jaxrank_does(run, tmp_path):
+    workdir, model = run
+    out = tmp_path / "clip"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    reference = transformers.CLIPModel.from_pretrained(out).eval()
+    rng = np.random.default_rng(0)
+    size = model.config.vision.image_size
+    pixels = rng.normal(size=(3, size, size, 3)).astype(np.float32)
+    ids = rng.integers(4, model.config.text.vocab_size, (3, model.config.text.max_len))
+    ids[:, 5] = model.config.text.eos_token_id  # CLIP pools at the end-of-text token
+    with torch.no_grad():
+        want_image = reference.get_image_features(
+            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2))
+        )
+        # The export moved the end-of-text token from id 2 (transformers' legacy rule) to a
+        # new last row; the card says so.
+        moved = np.where(ids == 2, model.config.text.vocab_size, ids)
+        want_text = reference.get_text_features(input_ids=torch.from_numpy(moved))
+    want_image, want_text = (_unit(w) for w in (want_image, want_text))
+    got_image = np.asarray(model.encode_image(pixels))
+    got_text = np.asarray(model.encode_text(ids))
+    np.testing.assert_allclose(got_image, want_image, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got_text, want_text, atol=1e-5, rtol=0)
+    # Back into jaxrank: the same parameters, bit for bit.
+    loaded = load_pretrained(out).model
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    table = params["text"]["tower"]["token_embedding"]
+    table["embedding"] = np.concatenate([table["embedding"], table["embedding"][2:3]])
+    want = jax.tree.leaves(params)
+    got = jax.tree.leaves(nnx.to_pure_dict(nnx.state(loaded, nnx.Param)))
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    card = (out / "README.md").read_text()
+    assert f"replace id 2 by {model.config.text.vocab_size}" in card
+    assert "Recall" in card or "R@1" in card
+    assert "jaxrank export --workdir" in card and '"recipe": "contrastive"' in card
+
+
+def test_a_model_axis_run_exports_the_same_bytes(run, tmp_path):
+    """The run's checkpoint restored onto a (data 4, model 2) mesh of 8 virtual devices (in
+    process: orbax places each parameter sharded) exports byte-identical files."""
+    workdir, _ = run
+    one = export_run(workdir, tmp_path / "one", mesh=parallel.make_mesh(1, 1, jax.devices()[:1]))
+    mesh = parallel.make_mesh(data=4, model=2)
+    sharded = export_run(workdir, tmp_path / "sharded", mesh=mesh)
+    for name in ("model.safetensors", "config.json"):
+        assert (one / name).read_bytes() == (sharded / name).read_bytes()
+
+
+def test_bad_input_is_one_error_line_and_writes_nothing(run, tmp_path, capsys):
+    workdir, _ = run
+    out = tmp_path / "out"
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "config.json").write_text((workdir / "config.json").read_text())
+    cases = {
+        "no such run folder": ["--workdir", str(tmp_path / "missing")],
+        "no checkpoint": ["--workdir", str(untrained)],
+        "holds no policy": ["--workdir", str(workdir), "--what", "policy"],
+        "written as merged": ["--workdir", str(workdir), "--format", "adapter"],
+    }
+    for expected, argv in cases.items():
+        assert cli.main(["export", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("jaxrank: error:") and expected in err[0]
+        assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["CLIPModel"]
