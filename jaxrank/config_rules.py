@@ -70,7 +70,8 @@ def check_values(cfg: ml_collections.ConfigDict) -> None:
 
 def check_paths(cfg: ml_collections.ConfigDict) -> None:
     """Every data file or folder the config names exists (``data.*`` keys ending in
-    ``DATA_PATH_SUFFIXES``; ``*_workdir`` keys name earlier run folders); "" means unused."""
+    ``DATA_PATH_SUFFIXES``), and a shared stage's run folder (``*_workdir``: trained there
+    when absent, so only its parent must exist) can be made; "" means unused."""
     for key, value in _leaves(cfg):
         name = key.rsplit(".", 1)[-1]
         is_data = key.startswith("data.") and name.endswith(DATA_PATH_SUFFIXES)
@@ -78,9 +79,13 @@ def check_paths(cfg: ml_collections.ConfigDict) -> None:
         if not (is_data or is_run) or not isinstance(value, str) or not value:
             continue
         path = Path(value).expanduser()
-        if is_run and not path.is_dir():
-            raise ConfigError(f"config key {key!r} names {value}, which is not a run folder")
-        if not path.exists():
+        unusable_run = path.is_file() or not path.absolute().parent.is_dir()
+        if is_run and unusable_run:
+            raise ConfigError(
+                f"config key {key!r} names {value}; expected a run folder (or a new one in an "
+                "existing folder)"
+            )
+        if is_data and not path.exists():
             raise ConfigError(
                 f"config key {key!r} names {value}, which does not exist; set --config.{key}=<path>"
             )
