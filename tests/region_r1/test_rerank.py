@@ -110,3 +110,55 @@ def test_strategy_metrics_count_and_exclude_degenerate_pools():
     # The full image ranks no query's positive first: all three count as "full not first".
     np.testing.assert_allclose(m["crop_rate_full_not_first"], 2 / 3)
     assert m["crop_rate_full_first"] == 0.0
+
+
+def test_released_crop_fails_by_hand():
+    """The released crop raises where int(side) is 0 on a box with positive clamped area:
+    (5, 5, 5.5, 20) is 0.5 wide; (-1, 0, 0.5, 10) clamps to 0.5 wide; an empty, NaN or
+    one-pixel box does not raise (the first two fall back to the original image there)."""
+    boxes = jnp.asarray(
+        [
+            [5, 5, 5.5, 20],
+            [-1, 0, 0.5, 10],
+            [3, 3, 3, 9],
+            [jnp.nan, 0, 4, 4],
+            [10, 10, 11, 11],
+            [2, 7.2, 12, 8.1],
+        ]
+    )
+    expected = [True, True, False, False, False, True]
+    np.testing.assert_array_equal(rerank.released_crop_fails(boxes, H, W), expected)
+
+
+def test_score_actions_released_view_uses_the_released_crops():
+    """With view="released" the crop scores are the embeddings of imaging.released_crop_view
+    (and the full image's of released_full_view); crop_fails marks the sub-pixel box."""
+    images = jax.random.randint(jax.random.key(1), (1, H, W, 3), 0, 256).astype(jnp.uint8)
+    boxes = jnp.asarray([[[2.0, 3.0, 20.0, 11.0], [4.0, 4.0, 4.5, 20.0]]])
+    decision = jnp.asarray([[REGION, REGION]])
+    pool = toy_embed(jax.random.uniform(jax.random.key(2), (5, 8, 8, 3)) * 255)[None]
+    score = jax.jit(rerank.score_actions, static_argnums=(0, 5, 6))
+    out = score(toy_embed, images, decision, boxes, pool, 8, "released")
+    crops = imaging.released_crop_view(jnp.broadcast_to(images[:, None], (1, 2, H, W, 3)), boxes, 8)
+    expected = toy_embed(crops[0]) @ pool[0].T
+    np.testing.assert_allclose(out.scores[0], expected, rtol=1e-5, atol=1e-6)
+    full = toy_embed(imaging.released_full_view(images, 8)) @ pool[0].T
+    np.testing.assert_allclose(out.base, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out.crop_fails, [[False, True]])
+    with pytest.raises(ValueError, match="released"):
+        rerank.score_actions(toy_embed, images, decision, boxes, pool, 8, "square")
+
+
+def test_strategy_metrics_released_skips():
+    """Query 0's crop raises in the released code: counted in released_skips beside
+    invalid_boxes; skip_failed_crops averages over query 1 only, as the released evaluation."""
+    from jaxrank.region_r1.evaluation import strategy_metrics
+
+    scores = np.array([[0.2, 0.9], [0.9, 0.2]], np.float32)
+    labels = np.array([[1, 0], [1, 0]], np.float32)
+    args = (scores, scores, np.array([REGION, REGION]), np.array([True, True]), labels)
+    pool_valid, fails = np.ones((2, 2), bool), np.array([True, False])
+    kept = strategy_metrics(*args, pool_valid, (1,), fails)
+    assert (kept["released_skips"], kept["invalid_boxes"], kept["recall@1"]) == (1, 0, 0.5)
+    skipped = strategy_metrics(*args, pool_valid, (1,), fails, skip_failed_crops=True)
+    assert (skipped["released_skips"], skipped["recall@1"], skipped["num_queries"]) == (1, 1.0, 2)
