@@ -47,6 +47,9 @@ def _convert(args: argparse.Namespace, extra: list[str]) -> None:
 
     if extra:
         raise ConfigError(f"unrecognised arguments {extra}")
+    for flag, path in (("--json", args.json), ("--out", args.out)):
+        if path and not Path(path).absolute().parent.is_dir():
+            raise ConfigError(f"{flag} {path}: its folder does not exist; create it first")
     loaded = load_pretrained(
         args.source,
         tower=args.tower,

@@ -22,7 +22,6 @@ from jaxrank.distributed import DistributedError
 from jaxrank.distributed import initialize as join_processes
 from jaxrank.models.hf.errors import (
     CheckpointMismatch,
-    CheckpointNotFound,
     UnreadableCheckpoint,
     UnsupportedCheckpoint,
 )
@@ -38,7 +37,7 @@ USER_ERRORS = (
     CheckpointError,
     NonFiniteLossError,
     SearchError,
-    CheckpointNotFound,
+    FileNotFoundError,  # a file the user named that is gone (models.hf's CheckpointNotFound too)
     UnreadableCheckpoint,
     UnsupportedCheckpoint,
     CheckpointMismatch,

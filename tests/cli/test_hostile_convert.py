@@ -57,3 +57,10 @@ def test_no_folder(capsys, tmp_path):
     refused(capsys, ["convert", tmp_path / "weights.bin"], tmp_path, culprit="got a file")
     (tmp_path / "empty").mkdir()
     refused(capsys, ["convert", tmp_path / "empty"], tmp_path, culprit="no config.json")
+
+
+def test_output_folder_missing(capsys, clip, tmp_path):
+    """Refused before loading, so no half of the outputs is written."""
+    summary, out = tmp_path / "summary.json", tmp_path / "missing" / "bf16"
+    argv = ["convert", clip, "--json", summary, "--out", out]
+    refused(capsys, argv, tmp_path, clip, culprit=("--out", str(out)))
