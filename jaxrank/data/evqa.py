@@ -23,7 +23,8 @@ Facts checked, and where (see ``../shared/DATA_FORMATS.md`` §1):
 
 Bad rows (wrong column count, empty question or url, unknown dataset or question type, malformed
 image or section id) are skipped and counted through ``BadRows`` under the file and row; in strict
-mode the first one raises.
+mode the first one raises. Damage to the file itself (text that is not UTF-8, a quote left open
+that would swallow the rows after it) is a ``DataError`` naming the row (``csv_rows``).
 
 Images: ``ImageLayout`` says where the two image sets live. GLDv2 nests each image under the first
 three characters of its id, ``a/b/c/<id>.jpg`` (cvdfoundation/google-landmark README, "Extracting
@@ -39,7 +40,6 @@ A well-formed id missing from the id2name map, a missing file and an undecodable
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrank.data.csv_rows import csv_records
 from jaxrank.data.errors import BadRows, DataError
 from jaxrank.data.images import MAX_PIXELS, read_image
 from jaxrank.data.infoseek import oven_image_path
@@ -70,7 +71,6 @@ IMAGE_ID_FORMS = {
     "landmarks": re.compile(r"[0-9a-f]{16}"),  # GLDv2 16-character id
     "infoseek": re.compile(r"oven_[0-9]{2,}"),  # OVEN image id
 }
-_FIELD_LIMIT = 1 << 24  # evidence cells can exceed csv's default 128 KiB
 
 
 @dataclass(frozen=True)
@@ -173,39 +173,30 @@ def read_evqa_csv(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such E-VQA CSV file")
-    csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in REQUIRED_COLUMNS if name not in header]
-        if missing:
-            raise DataError(f"{path}: header lacks E-VQA columns {missing}; it has {header}")
-        row, hops = -1, 0
-        try:
-            for cells in reader:
-                if not cells:
-                    continue  # a blank line is not a row
-                row += 1
-                where = f"{path} row {row} (line {reader.line_num})"
-                if len(cells) != len(header):
-                    detail = f"{len(cells)} cells, the header has {len(header)}"
-                    bad.skip(where, "malformed_row", detail)
-                    continue
-                fields = dict(zip(header, cells, strict=True))
-                qtype = fields["question_type"].strip()
-                if qtype not in QUESTION_TYPES:
-                    bad.skip(where, "unknown_question_type", f"question_type {qtype!r}")
-                    continue
-                hop = hops if qtype in SINGLE_HOP_TYPES else None
-                hops += hop is not None
-                if single_hop and hop is None:
-                    continue
-                example = _parse(fields, str(path), row, hop, bad, where)
-                if example is not None:
-                    bad.read()
-                    yield example
-        except csv.Error as e:
-            raise DataError(f"{path} line {reader.line_num}: not readable as CSV: {e}") from e
+    records = csv_records(path)
+    header = [name.strip() for name in next(records, (0, []))[1]]
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:
+        raise DataError(f"{path}: header lacks E-VQA columns {missing}; it has {header}")
+    hops = 0
+    for row, (line, cells) in enumerate(records):
+        where = f"{path} row {row} (line {line})"
+        if len(cells) != len(header):
+            bad.skip(where, "malformed_row", f"{len(cells)} cells, the header has {len(header)}")
+            continue
+        fields = dict(zip(header, cells, strict=True))
+        qtype = fields["question_type"].strip()
+        if qtype not in QUESTION_TYPES:
+            bad.skip(where, "unknown_question_type", f"question_type {qtype!r}")
+            continue
+        hop = hops if qtype in SINGLE_HOP_TYPES else None
+        hops += hop is not None
+        if single_hop and hop is None:
+            continue
+        example = _parse(fields, str(path), row, hop, bad, where)
+        if example is not None:
+            bad.read()
+            yield example
 
 
 # Images ---------------------------------------------------------------------------------------
