@@ -112,18 +112,22 @@ def summary_rows(runs: list[dict]) -> list[dict]:
         if variant == "control":  # its step-0 evaluation is the continued contrastive model
             chosen = [{**r, "rl": r["contrastive"], "contrastive": _base(runs, r)} for r in chosen]
         key = "multigrain/avg/recall@5"
-        relative = [100 * (r["rl"][key] / r["contrastive"][key] - 1) for r in chosen]
+        relative = [_relative(r["rl"][key], r["contrastive"][key]) for r in chosen]
         standard = "standard/avg/recall@5"
         points = [100 * (r["rl"][standard] - r["contrastive"][standard]) for r in chosen]
         rows.append(
             {
                 "model": "control" if variant == "control" else f"+ RL ({variant})",
                 **{k: _mean_std([r["rl"][k] for r in chosen]) for k in (*HEADLINE, *GAPS)},
-                "multigrain rel. %": " ".join(f"{v:+.1f}" for v in relative),
+                "multigrain rel. %": " ".join(relative),
                 "standard pts": " ".join(f"{v:+.1f}" for v in points),
             }
         )
     return rows
+
+
+def _relative(after: float, before: float) -> str:
+    return f"{100 * (after / before - 1):+.1f}" if before else "n/a"
 
 
 def _base(runs: list[dict], control: dict) -> dict:
