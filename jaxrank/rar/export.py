@@ -39,7 +39,9 @@ def trained_ranker(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> Train
     rest = None
     if lora:
         graphdef, params, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
-    params = finished_params(cfg.finetune, workdir / "finetune", params, cfg.seed, steps)
+    section = cfg.finetune.copy_and_resolve_references()
+    section.steps = steps  # the schedule's length, as the recipe sets it
+    params = finished_params(section, workdir / "finetune", params, cfg.seed)
     if not lora:  # every weight trained: zero adapters over it, as the recipe evaluates it
         graphdef, params, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
     return TrainedVLM.gathered(
