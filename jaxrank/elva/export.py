@@ -18,7 +18,7 @@ from jaxrank.models.hf.export_card import Artifact
 from jaxrank.train.checkpoint import Checkpointer
 from jaxrank.train.finished import finished_params
 from jaxrank.train.workdir import WorkdirError
-from jaxrank.vlm.export import FORMATS, TrainedVLM, usage, write_vlm
+from jaxrank.vlm.export import TrainedVLM, vlm_artifact
 
 
 def export_encoder(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> Artifact:
@@ -81,10 +81,4 @@ def export_embedder(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> Arti
         f"{cfg.lora.alpha}). It writes a short summary of its input and ends it with `{RET}`; "
         f"the last layer's hidden state at `{RET}` is the embedding (jaxrank.elva.ret_embedder)."
     )
-    return Artifact(
-        "ELVA generative [RET] embedder",
-        description,
-        lambda folder, fmt, shard: write_vlm(trained, folder, fmt, shard),
-        lambda fmt: usage(fmt, trained),
-        FORMATS,
-    )
+    return vlm_artifact("ELVA generative [RET] embedder", description, trained)

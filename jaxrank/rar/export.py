@@ -15,7 +15,7 @@ from jaxrank.models.hf.export_card import Artifact
 from jaxrank.rar.ranker import BASE_DIR, build_ranker
 from jaxrank.train.finished import finished_params
 from jaxrank.train.workdir import WorkdirError
-from jaxrank.vlm.export import FORMATS, TrainedVLM, usage, write_vlm
+from jaxrank.vlm.export import TrainedVLM, vlm_artifact
 from jaxrank.vlm.finetune import with_adapters
 
 
@@ -70,10 +70,4 @@ def export_ranker(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> Artifa
         "Shown an image and the k class names its memory retrieved, it answers them re-ranked "
         "(jaxrank.rar.ranker)."
     )
-    return Artifact(
-        "RAR ranker",
-        description,
-        lambda folder, fmt, shard: write_vlm(trained, folder, fmt, shard),
-        lambda fmt: usage(fmt, trained),
-        FORMATS,
-    )
+    return vlm_artifact("RAR ranker", description, trained)

@@ -20,7 +20,7 @@ from jaxrank.region_r1.policy_export import load_policy, save_policy
 from jaxrank.region_r1.recipe import build_policy
 from jaxrank.train.finished import finished_params
 from jaxrank.train.workdir import WorkdirError
-from jaxrank.vlm.export import FORMATS, TrainedVLM, usage, write_vlm
+from jaxrank.vlm.export import TrainedVLM, vlm_artifact
 from jaxrank.vlm.finetune import with_adapters
 
 
@@ -109,10 +109,4 @@ def export_mllm_policy(cfg: ml_collections.ConfigDict, workdir: Path, mesh) -> A
         f"alpha {cfg.lora.alpha}). It answers `NO_CROP_NEEDED` or an `image_zoom_in_tool` "
         "call with a box, prompted by jaxrank.region_r1.crop_tool's system prompt."
     )
-    return Artifact(
-        "Region-R1 vision-language crop policy",
-        description,
-        lambda folder, fmt, shard: write_vlm(trained, folder, fmt, shard),
-        lambda fmt: usage(fmt, trained),
-        FORMATS,
-    )
+    return vlm_artifact("Region-R1 vision-language crop policy", description, trained)

@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxrank import parallel
 from jaxrank.configs import ConfigError
+from jaxrank.models.hf.export_card import Artifact
 from jaxrank.models.hf.export_decoder import decoder_rules, save_decoder, save_vlm
 from jaxrank.models.hf.export_peft import save_adapter
 from jaxrank.models.lora import adapters_off, join_lora, merge_lora
@@ -140,3 +141,14 @@ def usage(fmt: str, trained: TrainedVLM) -> str:
             'model = PeftModel.from_pretrained(base, "THIS_FOLDER")',
         ]
     return "\n".join([*lines, 'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")'])
+
+
+def vlm_artifact(title: str, description: str, trained: TrainedVLM) -> Artifact:
+    """``trained`` as ``jaxrank export`` writes it (``merged`` by default, or ``adapter``)."""
+    return Artifact(
+        title,
+        description,
+        lambda folder, fmt, shard: write_vlm(trained, folder, fmt, shard),
+        lambda fmt: usage(fmt, trained),
+        FORMATS,
+    )
