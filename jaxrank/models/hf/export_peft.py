@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from jaxrank.models.hf.errors import UnsupportedCheckpoint
 from jaxrank.models.hf.tensors import Tensor
 from jaxrank.models.lora import LoRALinear
 
@@ -27,13 +28,22 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
 
 
+def _dotted(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
 def _adapters_by_module(model: nnx.Module, rules: dict) -> dict[str, list]:
     """Checkpoint module name -> [(Tensor rule, A [in, r], B [r, out], scale)] of its parts."""
     modules: dict[str, list] = {}
     for path, module in nnx.iter_modules(model):
         if not isinstance(module, LoRALinear):
             continue
-        rule: Tensor = rules[(*path, "kernel")]
+        rule: Tensor | None = rules.get((*path, "kernel"))
+        if rule is None:  # e.g. a scanned stack's linear, one module for every layer
+            raise UnsupportedCheckpoint(
+                f"{_dotted(path)}: no single checkpoint tensor holds this adapted linear (layers "
+                "stacked for scan?); export the merged checkpoint instead"
+            )
         a, b = (np.asarray(v[...]) for v in (module.lora_a, module.lora_b))
         name = rule.name.removesuffix(".weight")
         modules.setdefault(name, []).append((rule, a, b, module.scale))
