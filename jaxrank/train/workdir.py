@@ -63,6 +63,14 @@ def _mismatch(workdir: Path, saved: dict, current: dict) -> str:
     )
 
 
+def _accept_unresolved_mesh(saved: dict, current: dict) -> None:
+    """A folder written before meshes were recorded resolved holds ``mesh.data=-1``: its device
+    count is unknown, so it is re-entered as before (its ``config.json`` is left as it is)."""
+    mesh, now = saved.get("mesh"), current.get("mesh")
+    if isinstance(mesh, dict) and isinstance(now, dict) and mesh.get("data") == -1:
+        mesh["data"] = now.get("data")
+
+
 def check_workdir(
     workdir: str | Path, cfg: ml_collections.ConfigDict, *, existing: bool = False
 ) -> Path:
@@ -88,6 +96,7 @@ def check_workdir(
     if saved_path.exists() or saved_path.is_symlink():
         saved = _read_saved_config(saved_path)
         current = json.loads(configs.to_json(cfg))
+        _accept_unresolved_mesh(saved, current)
         if configs.diff(saved, current):
             raise WorkdirError(_mismatch(workdir, saved, current))
     return workdir

@@ -14,6 +14,8 @@ from fast_xla import fast_compile
 from refusals import refused, snapshot
 
 from jaxrank.cli import main as cli
+from jaxrank.cli.run_folder import check_run
+from jaxrank.configs import apply_overrides, load_config_file
 
 # 0 steps: the untrained encoder saved as step 0 and evaluated, a whole run without the
 # training step's compilation (these tests are about the run folder, not the weights).
@@ -147,3 +149,17 @@ def test_eval_keeps_the_training_report(run):
     assert trained["train"]["train_seconds"] > 0 and trained["train"]["devices"]
     assert evaluated.keys() == trained.keys()
     assert (run / "eval_report.md").is_file()
+
+
+def test_folder_from_before_resolved_meshes_is_re_entered(run, tmp_path):
+    """A run folder written with ``mesh.data=-1`` (before meshes were recorded resolved) is
+    accepted as before; its config.json is not rewritten."""
+    copy = tmp_path / "run"
+    shutil.copytree(run[0], copy, ignore=shutil.ignore_patterns("checkpoints"))
+    saved = json.loads((copy / "config.json").read_text())
+    saved["mesh"]["data"] = -1
+    (copy / "config.json").write_text(json.dumps(saved))
+    before = snapshot(copy / "config.json")
+    cfg = apply_overrides(load_config_file(CONFIG), [o.removeprefix("--config.") for o in RUN])
+    check_run(cfg, copy)
+    assert snapshot(copy / "config.json") == before
