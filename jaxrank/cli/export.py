@@ -71,6 +71,15 @@ def _exporter(cfg: ml_collections.ConfigDict, workdir: Path, what: str | None):
     return what, getattr(importlib.import_module(module), function)
 
 
+def _mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The run's mesh; on a machine with another device count (a TPU run exported on a
+    workstation), every device on the data axis: the export gathers the parameters anyway."""
+    try:
+        return parallel.mesh_from_config(cfg.mesh)
+    except ConfigError:
+        return parallel.make_mesh()
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise WorkdirError(f"--out {out} is a file, not a folder")
@@ -96,7 +105,7 @@ def export_run(
     cfg = run_config(workdir)
     what, exporter = _exporter(cfg, workdir, what)
     _check_out(out, overwrite)
-    artifact: Artifact = exporter(cfg, workdir, mesh or parallel.mesh_from_config(cfg.mesh))
+    artifact: Artifact = exporter(cfg, workdir, mesh or _mesh(cfg))
     fmt = fmt or artifact.formats[0]
     if fmt not in artifact.formats:
         raise ConfigError(
