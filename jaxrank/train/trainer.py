@@ -24,7 +24,12 @@ import numpy as np
 
 from jaxrank.distributed import is_primary
 from jaxrank.perf import flop_count
-from jaxrank.train.checkpoint import Checkpointer, describe_leaves, nonfinite_leaves
+from jaxrank.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    describe_leaves,
+    nonfinite_leaves,
+)
 from jaxrank.train.runlog import RunLog
 from jaxrank.train.step import TrainState
 
@@ -60,6 +65,18 @@ def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean([np.asarray(r[k]) for r in rows])) for k in rows[0]}
 
 
+def restore_position(iterator: Any, extra: dict[str, Any], checkpoint: Path) -> None:
+    """Put the data iterator where the checkpoint's run left it; a saved position that the
+    iterator cannot take (a damaged or foreign ``data`` item) is a ``CheckpointError``."""
+    try:
+        iterator.set_state(extra["iterator"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: its data iterator position cannot be restored "
+            f"({type(e).__name__}: {e}); expected the state the run's grain iterator saved"
+        ) from e
+
+
 def fit(
     *,
     workdir: str | Path,
@@ -92,7 +109,7 @@ def fit(
     start = 0
     if checkpointer.latest_step() is not None:
         start, state, extra = checkpointer.restore(state)
-        iterator.set_state(extra["iterator"])
+        restore_position(iterator, extra, checkpointer.directory / str(start))
     log = RunLog(workdir, start, total_steps, samples_per_step)
 
     def check_finite(step: int) -> None:
