@@ -339,7 +339,9 @@ class QwenVisionTower(nnx.Module):
         full = [layer in c.fullatt_block_indexes for layer in range(c.depth)]
 
         def body(block, x, whole_image):
-            if layer_stack.is_static(whole_image) or windows is images:
+            if windows is images:  # no window attention: every block sees whole images
+                return block(x, rotary, images), None
+            if layer_stack.is_static(whole_image):
                 return block(x, rotary, images if whole_image else windows), None
             attend = lambda group: lambda block, x: block(x, rotary, group)
             return nnx.cond(whole_image, attend(images), attend(windows), block, x), None

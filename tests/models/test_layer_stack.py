@@ -19,6 +19,7 @@ from jaxrank.models.hf.export import checkpoint_tensors
 from jaxrank.models.hf.files import SafetensorsCheckpoint
 from jaxrank.models.hf.loading import load_pretrained, name_map
 from jaxrank.models.hf.qwen2_vl import load_vlm
+from jaxrank.models.hf.qwen_vision import load_vision_tower
 from jaxrank.models.layer_stack import Stacking
 from jaxrank.models.lm import KVCache
 from jaxrank.models.lora import LoRAConfig, LoRAParam, apply_lora
@@ -162,3 +163,17 @@ def test_scanned_clip_matches_and_exports_per_layer_tensors(tmp_path):
     exported = checkpoint_tensors(scanned.model, rules)
     for name, value in exported.items():
         np.testing.assert_array_equal(value, checkpoint.read(name), err_msg=name)
+
+
+def test_scanned_qwen2_vl_tower_matches_unrolled(tmp_path):
+    """Qwen2-VL's tower has no window attention: every scanned block sees whole images."""
+    tiny_vlm(tmp_path, "qwen2_vl")
+    batch = jaxrank_inputs(tmp_path, True)
+    outputs = [
+        np.asarray(nnx.jit(lambda m, p: m(p, batch.grids))(tower, jnp.asarray(batch.patches)))
+        for tower in (
+            load_vision_tower(tmp_path).model,
+            load_vision_tower(tmp_path, stacking=SCANNED).model,
+        )
+    ]
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5, rtol=0)
