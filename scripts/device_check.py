@@ -835,7 +835,10 @@ def main(argv: list[str] | None = None) -> int:
     names = args.parts.split(",")
     unknown = sorted(set(names) - set(PARTS))
     if unknown:
-        print(f"jaxrank: error: --parts: unknown {unknown}; expected some of {list(PARTS)}")
+        print(
+            f"jaxrank: error: --parts: unknown {unknown}; expected some of {list(PARTS)}",
+            file=sys.stderr,
+        )
         return 2
     start = time.perf_counter()
     report: dict[str, Any] = {"command": " ".join([sys.argv[0], *(argv or sys.argv[1:])])}

@@ -105,4 +105,4 @@ def test_a_part_out_of_time_is_recorded_not_fatal():
 
 def test_unknown_part_is_refused(capsys):
     assert _script().main(["--tiny", "--parts", "environment,warp_drive"]) == 2
-    assert "jaxrank: error: --parts" in capsys.readouterr().out
+    assert "jaxrank: error: --parts" in capsys.readouterr().err
