@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.embedder.checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     c.embedder.dtype = "bfloat16"
+    c.embedder.scan_layers = True  # stacked layers, one compiled copy (docs/SCALING.md)
+    c.embedder.remat = True  # the backward recomputes each layer's activations
     c.embedder.image_size = 448
     c.embedder.summary_tokens = 64
     c.contrastive.train = "lora"

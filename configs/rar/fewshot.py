@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.memory.encoder = "openai/clip-vit-base-patch16"
     c.ranker.checkpoint = "Qwen/Qwen2-VL-2B-Instruct"
     c.ranker.dtype = "bfloat16"
+    c.ranker.scan_layers = True  # stacked layers, one compiled copy (docs/SCALING.md)
+    c.ranker.remat = True  # the backward recomputes each layer's activations
     c.ranker.image_size = 448
     c.ranker.max_new_tokens = 96
     c.ranker.opening_length = 32

@@ -50,6 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.scorer_dtype = "bfloat16"
     c.policy.checkpoint = "Qwen/Qwen2.5-VL-3B-Instruct"
     c.policy.dtype = "bfloat16"
+    # One compiled layer per tower (weights stacked on load) and activations recomputed in the
+    # backward pass: identical results, compile time flat in depth (docs/SCALING.md).
+    c.policy.scan_layers = True
+    c.policy.remat = True
+    c.scorer_scan_layers = True
     c.policy.short_system_prompt = False  # crop_tool.SYSTEM_PROMPT
     c.policy.max_new_tokens = 256
     c.policy.image_size = 448  # the policy's square view of a query; boxes map back exactly
