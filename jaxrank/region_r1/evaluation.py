@@ -295,7 +295,7 @@ def write_report(
         for preset, r in results.items()
     ]
     metrics_only = {preset: r["metrics"] for preset, r in results.items()}
-    profile = info["step_profile"]
+    profile = info.get("step_profile") or {}  # the compiled MLLM step is not split in parts
     counts = " / ".join(str(next(iter(m.values()))["num_queries"]) for m in metrics_only.values())
     lines = [
         f"# {title}",
@@ -313,14 +313,10 @@ def write_report(
             report.table(_rows(per_strategy), ["strategy", *COLUMNS.values()]),
             "",
         ]
-    lines += [
-        "## Step time (ms per part of the step)",
-        "",
-        report.table([profile], list(profile)),
-        "",
-        *(f"![{p.stem}]({p.name})" for p in plots if p is not None),
-        "",
-    ]
+    if profile:
+        table = report.table([profile], list(profile))
+        lines += ["## Step time (ms per part of the step)", "", table]
+    lines += ["", *(f"![{p.stem}]({p.name})" for p in plots if p is not None), ""]
     report.write_report(workdir, {"evaluation": metrics_only, "train": info}, "\n".join(lines))
     strategies = next(iter(metrics_only.values()))
     summary = [

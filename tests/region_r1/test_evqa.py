@@ -59,6 +59,10 @@ def _overrides(clip: Path) -> list[str]:
         "train.checkpoint_every": 1,
         "train.log_every": 1,
         "eval.batch_size": 4,
+        # The reference below stretches the full image to the scorer's square, jaxrank's own
+        # view; the config's released view (shortest side, centre crop) is tested in
+        # tests/test_imaging.py against PIL and the CLIP processor.
+        "reward.crop_view": "stretch",
     }
     return [f"--config.{k}={v}" for k, v in values.items()]
 
