@@ -23,10 +23,13 @@ def embed_in_batches(
     arrays: Sequence[np.ndarray],
     batch_size: int,
     mesh: Mesh,
+    prepare: Callable[..., Sequence[Any]] | None = None,
 ) -> Any:
     """``fn(*batch)`` over row chunks of ``arrays`` (same leading size), concatenated on host.
     ``fn`` may return a pytree of per-row arrays; the result has the same structure. Every
-    process passes the whole ``arrays`` and gets the whole result."""
+    process passes the whole ``arrays`` and gets the whole result. ``prepare(*chunk)`` turns
+    each padded chunk into the host arguments of ``fn`` (work the host must do per batch, such
+    as tokenising prompts)."""
     n = len(arrays[0])
     outputs = []
     for start in range(0, n, batch_size):
@@ -34,7 +37,8 @@ def embed_in_batches(
         pad = batch_size - len(chunk[0])
         if pad:
             chunk = [np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) for c in chunk]
-        out = to_host(fn(*shard_whole_batch(tuple(chunk), mesh)))
+        host = tuple(chunk) if prepare is None else tuple(prepare(*chunk))
+        out = to_host(fn(*shard_whole_batch(host, mesh)))
         outputs.append(jax.tree.map(lambda x, pad=pad: np.asarray(x)[: batch_size - pad], out))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 

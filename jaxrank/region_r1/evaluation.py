@@ -39,6 +39,8 @@ POLICY = "policy"
 # (policies, batch, per-query keys [B]) -> decisions [B, S] and boxes [B, S, 4] in pixels, one
 # column per policy strategy; traced inside the evaluator's jit.
 PolicyActions = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, jax.Array]]
+# (query set, host batch) -> more host arrays for the batch (e.g. prompts tokenised per batch).
+HostInputs = Callable[[dict[str, Any], dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def strategy_names(sampled: dict[str, Any]) -> tuple[str, ...]:
@@ -186,21 +188,29 @@ def evaluate(
     query_sets: dict[str, dict[str, Any]],
     mesh: jax.sharding.Mesh,
     batch_keys: tuple[str, ...] = ("tokens",),
+    prepare: HostInputs | None = None,
 ) -> dict[str, Any]:
     """Per query set (name -> ``region_r1.query_set``): each strategy's metrics (the
     ``BASELINES``, then ``policy_names``, whose actions ``policy_actions`` gives), and the
     first queries' actions of the last policy for the gallery. ``batch_keys`` are the query
-    set's arrays the policies read besides images, boxes and pools."""
+    set's arrays the policies read besides images, boxes and pools; ``prepare`` adds arrays
+    the host makes per batch."""
     evaluate_batch = make_evaluator(cfg, policy_actions, scorer)
     names = ("images", "boxes", "pool_ids", *batch_keys, "rows")
     results: dict[str, Any] = {}
     for preset, queries in query_sets.items():
         rows = np.arange(len(queries["images"]), dtype=np.int32)
+
+        def host_batch(*arrays, queries=queries):
+            batch = dict(zip(names, arrays, strict=True))
+            return ({**batch, **prepare(queries, batch)} if prepare else batch,)
+
         out = retrieval_eval.embed_in_batches(
-            lambda *arrays: evaluate_batch(policies, frozen, dict(zip(names, arrays, strict=True))),
+            lambda batch: evaluate_batch(policies, frozen, batch),
             [*(queries[k] for k in names[:-1]), rows],
             cfg.eval.batch_size,
             mesh,
+            prepare=host_batch,
         )
         per_strategy = {
             name: strategy_metrics(

@@ -8,8 +8,8 @@ Qwen2.5-VL-shaped model for CPU runs) -> a supervised warm start on correctly fo
 (``checkpoints/``) -> evaluation of the trained and the warm-start policy (greedy) against the
 baselines, with the structured recipe's report.
 
-One r-GRPO step is one compiled program (``mllm_step.make_step``); the host only tokenises each
-batch's prompts when it places the batch.
+One r-GRPO step is one compiled program (``mllm_step.make_step``), and so is the evaluation of
+one batch (``mllm_evaluation``); the host only tokenises each batch's prompts.
 """
 
 from __future__ import annotations
@@ -27,21 +27,20 @@ from flax import nnx
 from jaxrank import parallel
 from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
-from jaxrank.models.lora import adapters_off
-from jaxrank.region_r1 import benchmark, crop_tool, evaluation
+from jaxrank.region_r1 import benchmark, crop_tool, evaluation, mllm_evaluation
 from jaxrank.region_r1.mllm_policy import (
     BASE_DIR,
     CropPolicyBase,
     build_base,
     completion_text,
 )
-from jaxrank.region_r1.mllm_step import BATCH_KEYS, make_step, sampling_settings
+from jaxrank.region_r1.mllm_step import BATCH_KEYS, make_step
 from jaxrank.region_r1.scorer import Scorer, query_set
+from jaxrank.region_r1.tool_reader import ToolReader
 from jaxrank.train.checkpoint import Checkpointer
 from jaxrank.train.stage import Stage, supervised
 from jaxrank.train.workdir import WorkdirError, prepare_workdir
 from jaxrank.vlm.finetune import answer_nll_loss, with_adapters
-from jaxrank.vlm.programs import make_sampler
 
 # ---- supervised warm start -------------------------------------------------------------------
 
@@ -89,66 +88,6 @@ def warm_start(cfg, workdir: Path, base: CropPolicyBase, train: dict[str, Any] |
     if train is not None and not stage.finished:
         batches, place = _sft_batches(cfg, base, train, mesh)
     return graphdef, stage.run(batches, place=place).params
-
-
-# ---- evaluation ------------------------------------------------------------------------------
-
-
-def greedy_actions(cfg, base: CropPolicyBase, graphdef, adapters, rest, queries, mesh):
-    """Decisions ``[N]`` and original-frame boxes ``[N, 4]`` of the policy's greedy answers."""
-    sample = make_sampler(graphdef, sampling_settings(cfg, base, greedy=True), 1, base.grid)
-    batch = cfg.eval.batch_size
-    decisions, boxes = [], []
-    size = queries["images"].shape[1:3]
-    for start in range(0, len(queries["images"]), batch):
-        rows = slice(start, start + batch)
-        images = queries["images"][rows]
-        host = base.prompts(queries["questions"][rows], images)
-        pad = batch - len(images)  # the last batch: pad to keep one compiled program
-        host = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in host.items()}
-        out = sample(
-            adapters,
-            rest,
-            parallel.shard_batch(host, mesh),
-            jax.random.key(0),
-            np.full((batch, 1), -1, np.int32),
-        )
-        tokens, mask = jax.device_get((out.tokens, out.mask))
-        d, b, _ = base.read(tokens[: len(images)], mask[: len(images)], size)
-        decisions.append(d)
-        boxes.append(b)
-    return np.concatenate(decisions), np.concatenate(boxes)
-
-
-POLICIES = ("warm_start_policy", evaluation.POLICY)
-
-
-def _read_policy_actions(policies, batch, keys):
-    del policies, keys
-    return batch["policy_decisions"], batch["policy_boxes"]
-
-
-def evaluate(cfg, base, graphdef, adapters, rest, frozen, scorer, query_sets, mesh):
-    """The baselines, the warm-start policy and the trained policy (both greedy) on each
-    query set."""
-    for queries in query_sets.values():
-        actions = [
-            greedy_actions(cfg, base, graphdef, a, rest, queries, mesh)
-            for a in (adapters_off(adapters), adapters)
-        ]
-        queries["policy_decisions"] = np.stack([d for d, _ in actions], axis=1)
-        queries["policy_boxes"] = np.stack([b for _, b in actions], axis=1)
-    return evaluation.evaluate(
-        cfg,
-        POLICIES,
-        _read_policy_actions,
-        None,
-        frozen,
-        scorer,
-        query_sets,
-        mesh,
-        batch_keys=("policy_decisions", "policy_boxes"),
-    )
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -228,7 +167,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     # The reference policy is the base itself (adapters off), so frozen holds no "ref".
     kb = parallel.put_replicated(scorer.kb, mesh)
     frozen = {"kb": kb, "scorer": scorer.params, "base": rest}
-    step = make_step(cfg, base, graphdef, scorer)
+    # The device reader of the policy's completions, for the step and the evaluation.
+    reader = ToolReader.from_tokenizer(
+        base.inputs.tokenizer, base.model.language_model.config.vocab_size
+    )
+    step = make_step(cfg, base, graphdef, scorer, reader)
     stage = Stage(cfg.train, workdir, adapters, step, seed=cfg.seed, mesh=mesh, frozen=frozen)
     train_started = time.perf_counter()
     batches = None
@@ -240,8 +183,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     with jax.set_mesh(mesh):
         train_seconds = time.perf_counter() - train_started
         query_sets = _eval_queries(cfg, scorer, mesh)
-        results = evaluate(
-            cfg, base, graphdef, state.params, rest, frozen, scorer, query_sets, mesh
+        results = mllm_evaluation.evaluate(
+            cfg, base, graphdef, reader, state.params, rest, frozen, scorer, query_sets, mesh
         )
     info = {
         "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",

@@ -281,6 +281,7 @@ def grpo_config(cfg: ml_collections.ConfigDict) -> RegionGRPOConfig:
     """The r-GRPO settings of a Region-R1 config's ``rl`` and ``reward`` sections."""
     rl = cfg.rl.to_dict()
     balanced, forced_in_loss = rl.pop("balanced"), rl.pop("forced_in_loss")
+    rl.pop("crop_capacity", None)  # the scorer's buffer (mllm_step.crop_capacity), not GRPO's
     reward = cfg.reward.to_dict()
     reward["weights"] = tuple(reward["weights"])
     return RegionGRPOConfig(

@@ -1,7 +1,9 @@
-"""The tiny vision-language crop policy the MLLM step's tests share: its config, LoRA adapters
-that look trained, random query images, a colour scorer and a step's batch."""
+"""The tiny vision-language crop policy the MLLM step's tests share: its base, its config, LoRA
+adapters that look trained, random query images, a colour scorer and a step's batch."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jaxrank import parallel
+from jaxrank.region_r1.mllm_policy import CropPolicyBase, build_base
 from jaxrank.region_r1.mllm_step import sampling_settings
 from jaxrank.vlm.finetune import with_adapters
 
@@ -52,6 +56,13 @@ def tiny_policy_config() -> ml_collections.ConfigDict:
     }
     lora = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": "all-linear"}
     return ml_collections.ConfigDict({"seed": 0, "policy": policy, "lora": lora})
+
+
+def tiny_base(folder: Path, mesh: jax.sharding.Mesh | None = None) -> CropPolicyBase:
+    """The tiny policy's base, its weights laid out on ``mesh`` (default: one device) and its
+    tokenizer trained in ``folder`` (or loaded from it: every build there is the same base)."""
+    mesh = mesh or parallel.make_mesh(data=1, devices=jax.devices()[:1])
+    return build_base(tiny_policy_config(), folder, QUESTIONS, mesh)
 
 
 def step_config(**rl) -> ml_collections.ConfigDict:

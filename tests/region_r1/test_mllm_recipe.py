@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from fast_xla import fast_compile
 from mllm_tiny import (
     POOL,
@@ -20,25 +19,18 @@ from mllm_tiny import (
     images,
     judged_batch,
     step_config,
-    tiny_policy_config,
     update_inputs,
 )
 
 from jaxrank import parallel
 from jaxrank.region_r1 import crop_tool
-from jaxrank.region_r1.mllm_policy import build_base, completion_text
+from jaxrank.region_r1.mllm_policy import completion_text
 from jaxrank.region_r1.mllm_recipe import place_step_batch
 from jaxrank.region_r1.mllm_step import forced_openings, make_step
 from jaxrank.rl.grpo import GRPOConfig, dr_grpo_advantages
 from jaxrank.rl.token_grpo import make_token_grpo_loss
 from jaxrank.train.step import TrainState, make_train_step
 from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
-    return build_base(tiny_policy_config(), tmp_path_factory.mktemp("policy"), QUESTIONS, mesh)
 
 
 def test_taught_answers_read_back_in_the_original_frame(base):

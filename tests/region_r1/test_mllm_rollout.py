@@ -23,25 +23,17 @@ from mllm_tiny import (
     images,
     judged_batch,
     step_config,
-    tiny_policy_config,
     update_inputs,
 )
 
 from jaxrank import parallel
 from jaxrank.region_r1 import mllm_step, rerank, tool_reader
 from jaxrank.region_r1.action import FULL, REGION
-from jaxrank.region_r1.mllm_policy import build_base
 from jaxrank.region_r1.mllm_recipe import place_step_batch
 from jaxrank.region_r1.mllm_rollout import SPARES, balanced_completions, opening_table
 from jaxrank.region_r1.mllm_scoring import score_region_crops
 from jaxrank.train.step import TrainState
 from jaxrank.vlm.programs import sampler_fn
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    mesh = parallel.make_mesh(data=1, devices=jax.devices()[:1])
-    return build_base(tiny_policy_config(), tmp_path_factory.mktemp("policy"), QUESTIONS, mesh)
 
 
 class _ParityBase:
