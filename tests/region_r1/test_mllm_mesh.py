@@ -11,10 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from fast_xla import fast_compile
-from mllm_tiny import POOL, QUESTIONS, ColourScorer, judged_batch, step_config, tiny_base
-from mllm_tiny import update_inputs as tiny_update_inputs
+from mllm_tiny import POOL, QUESTIONS, ColourScorer, judged_batch, step_config, update_inputs
 
 from jaxrank import parallel
 from jaxrank.region_r1 import tool_reader
@@ -35,19 +33,14 @@ class TokenReader:
         return tool_reader.Reading(decision, box, jnp.zeros_like(decision))
 
 
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    """The same tiny base on one device and laid out on a data=4 x model=2 mesh."""
-    folder = tmp_path_factory.mktemp("policy")
-    single = parallel.make_mesh(1, 1, jax.devices()[:1])
-    return {mesh: tiny_base(folder, mesh) for mesh in (single, parallel.make_mesh(4, 2))}
-
-
 @fast_compile()  # its time is almost all compilation; both meshes compile alike
 def _step(base, mesh):
-    """One compiled step on ``mesh``: (adapters before, after, metrics), on the host."""
+    """One compiled step on ``mesh``: (adapters before, after, metrics), on the host. The
+    weights are laid out as their annotations say (split over ``model``)."""
     cfg = step_config(crop_capacity=3)  # several trips of the crop buffer
-    graphdef, adapters, rest, _ = tiny_update_inputs(base, cfg)
+    graphdef, adapters, rest, _ = update_inputs(base, cfg)
+    place = lambda tree: jax.device_put(tree, parallel.state_shardings(tree, mesh))
+    adapters, rest = place(adapters), place(rest)
     optimizer = optax.sgd(1.0)  # compares gradients, not Adam's near-sign of them
     before = jax.device_get(adapters)
     # jitted, as the recipe's Stage makes it, so the state's scalars sit on the mesh too
@@ -60,12 +53,12 @@ def _step(base, mesh):
     return before, *jax.device_get((state.params, metrics))
 
 
-def test_sharded_compiled_step_equals_single_device(bases):
-    (single_mesh, single_base), (mesh, sharded_base) = bases.items()
-    rest = tiny_update_inputs(sharded_base)[2]
-    assert any("model" in str(x.sharding.spec) for x in jax.tree.leaves(rest))  # split weights
-    initial, single, single_metrics = _step(single_base, single_mesh)
-    _, sharded, metrics = _step(sharded_base, mesh)
+def test_sharded_compiled_step_equals_single_device(base):
+    initial, single, single_metrics = _step(base, parallel.make_mesh(1, 1, jax.devices()[:1]))
+    mesh = parallel.make_mesh(4, 2)
+    _, sharded, metrics = _step(base, mesh)
+    layout = parallel.state_shardings(update_inputs(base)[2], mesh)
+    assert any("model" in str(s.spec) for s in jax.tree.leaves(layout))  # weights split
     # Real work: both decisions, crops over several trips of the buffer.
     assert 0 < single_metrics["region_rate"] < 1 and single_metrics["crop_trips"] > 1
     assert set(metrics) == set(single_metrics)
