@@ -152,7 +152,10 @@ def make_step(
     )
     settings = sampling_settings(cfg, base, greedy=False)
     log_probs = completion_log_probs_fn(
-        base.grid, rl.grpo.num_generations, settings.log_prob_temperature
+        base.grid,
+        rl.grpo.num_generations,
+        settings.log_prob_temperature,
+        cfg.policy.get("logit_chunk", 0),
     )
     token_loss = make_token_grpo_loss(graphdef, log_probs, rl.grpo)
     loss = lambda adapters, batch, rng, frozen: token_loss(adapters, batch, rng, frozen["base"])

@@ -77,12 +77,13 @@ def make_sampler(
 
 
 def completion_log_probs_fn(
-    grid: Grid, group: int, temperature: float
+    grid: Grid, group: int, temperature: float, logit_chunk: int = 0
 ) -> Callable[[VisionLanguageModel, dict[str, Any]], jax.Array]:
     """``log_probs(model, batch) -> [B*G, N]`` of ``batch["completion"]`` (masked by
     ``batch["completion_mask"]``) after each prompt row repeated G times: what
     ``token_grpo.make_token_grpo_loss`` takes. The vision tower and the prompt run once per
-    prompt (``completion_log_probs``'s shared prefix)."""
+    prompt (``completion_log_probs``'s shared prefix); ``logit_chunk`` > 0 computes the
+    log-probs that many positions at a time (``lm_scoring.head_log_probs``)."""
 
     def log_probs(model, batch):
         logp, _ = completion_log_probs(
@@ -92,6 +93,7 @@ def completion_log_probs_fn(
             batch["completion_mask"],
             temperature,
             group=group,
+            logit_chunk=logit_chunk,
         )
         return logp
 
