@@ -9,12 +9,14 @@ contrastive stage continued for as many steps as the RL stage takes); the ablati
 reward, no margin reward, no random negatives) at one seed; the rollout sampler's tokens/s.
 Then the fast path's control in its dense regime (``FAST``), seeds in ``--fast-seeds``, so the
 two routes stand side by side. Every run is a resumable folder under --root; the JSON is
-rewritten after each run, so a stopped study keeps what it measured.
+rewritten after each run, so a stopped study keeps what it measured, and a run already in
+--out's JSON is taken from there (a fresh machine without the run folders finishes a study).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from jaxrank.configs import apply_overrides, load_config_file
 from jaxrank.elva import generative_recipe
 from jaxrank.elva.ret_rows import take_rows
 from jaxrank.rl.sampler import generate
+from jaxrank.train import report
 from jaxrank.vlm.programs import vlm_prompt
 
 GENERATIVE = "configs/elva/generative_synthetic.py"
@@ -96,6 +99,33 @@ def _sweep(config: str, root: Path, overrides: tuple[str, ...]) -> argparse.Name
     return argparse.Namespace(config=config, root=str(root), override=list(overrides))
 
 
+def compute_match(runs: list[dict]) -> list[dict]:
+    """Per seed, the RL stage's seconds beside the control's continued contrastive stage's:
+    the control is step-matched, and this says how far that is from wall-clock-matched."""
+    rows = []
+    for full in (r for r in runs if r["variant"] == "full"):
+        control = [r for r in runs if r["variant"] == "control" and r["seed"] == full["seed"]]
+        if control:
+            rl, more = full["train"]["rl_seconds"], control[0]["train"]["contrastive_seconds"]
+            rows.append(
+                {
+                    "seed": full["seed"],
+                    "rl_steps": full["train"]["rl_steps"],
+                    "rl_seconds": round(rl, 1),
+                    "control_seconds": round(more, 1),
+                    "control / rl": round(more / rl, 2),
+                }
+            )
+    return rows
+
+
+def recorded_runs(path: Path) -> dict[str, list[dict]]:
+    """The runs an earlier, possibly stopped, study wrote to ``path``."""
+    if not path.exists():
+        return {"generative": [], "fast": []}
+    return json.loads(path.read_text())["runs"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="runs/elva_study", help="parent of the run folders")
@@ -113,12 +143,15 @@ def main() -> None:
     plan += [(fast, seed, variant) for seed in args.fast_seeds for variant in ("full", "control")]
 
     study: dict = {}
+    recorded = recorded_runs(Path(args.out))
     runs: dict[str, list[dict]] = {"generative": [], "fast": []}
     for sweep, seed, variant in plan:
         route = "generative" if sweep is generative else "fast"
-        runs[route].append(elva_sweep.run_one(sweep, seed, variant))
+        done = [r for r in recorded[route] if (r["seed"], r["variant"]) == (seed, variant)]
+        runs[route].append(done[0] if done else elva_sweep.run_one(sweep, seed, variant))
         for name, done in runs.items():
             study[name] = elva_sweep.summary_rows(done) if done else []
+            study[f"{name}_compute"] = compute_match(done)
         write_sweep(args.out, "elva_generative_study.py", args, study, runs)
     cfg = apply_overrides(load_config_file(GENERATIVE), generative.override)
     study["sampler"] = sampler_throughput(cfg)
@@ -126,6 +159,8 @@ def main() -> None:
     for name in runs:
         print(f"\n== {name} route")
         elva_sweep.print_tables(study[name], sorted({r["seed"] for r in runs[name]}))
+        compute = study[f"{name}_compute"]
+        print(report.table(compute, list(compute[0]) if compute else [], fmt="simple"))
     print(
         f"\nsampler (RL rollouts, {study['sampler']['rows']} rows): "
         f"{study['sampler']['tokens_per_s']:.0f} tokens/s"
