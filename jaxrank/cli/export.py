@@ -24,7 +24,7 @@ from jaxrank import parallel
 from jaxrank.configs import ConfigError
 from jaxrank.distributed import is_primary
 from jaxrank.models.hf.export_card import Artifact, write_model_card
-from jaxrank.train.workdir import WorkdirError
+from jaxrank.train.workdir import WorkdirError, workdir_lock
 
 EXPORTS = {
     "contrastive": {"encoder": "jaxrank.contrastive.export:export_encoder"},
@@ -99,38 +99,42 @@ def export_run(
     command: str | None = None,
 ) -> Path:
     """Export ``what`` of the run in ``workdir`` to ``out`` (``mesh`` default: the run's
-    config's). Every check (run, checkpoint, --what, --format, --out) passes before anything is
-    written."""
+    config's). Every check (run, checkpoint, --what, --format, --out, the run's lock) passes
+    before anything is written."""
     workdir, out = Path(workdir), Path(out)
     cfg = run_config(workdir)
     what, exporter = _exporter(cfg, workdir, what)
     _check_out(out, overwrite)
-    artifact: Artifact = exporter(cfg, workdir, mesh or _mesh(cfg))
-    fmt = fmt or artifact.formats[0]
-    if fmt not in artifact.formats:
-        raise ConfigError(
-            f"--format {fmt}: the {what} of a {cfg.recipe} run is written as "
-            f"{' or '.join(artifact.formats)}"
+    # The run's own lock, held until the export is written: a run training in the folder (its
+    # checkpoints half-written, its report not yet there) is refused, naming its process.
+    with workdir_lock(workdir):
+        artifact: Artifact = exporter(cfg, workdir, mesh or _mesh(cfg))
+        fmt = fmt or artifact.formats[0]
+        if fmt not in artifact.formats:
+            raise ConfigError(
+                f"--format {fmt}: the {what} of a {cfg.recipe} run is written as "
+                f"{' or '.join(artifact.formats)}"
+            )
+        if not is_primary():
+            return out
+        if out.is_dir():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        artifact.write(out, fmt, max_shard_bytes)
+        command = command or (
+            f"jaxrank export --workdir {shlex.quote(str(workdir))} --out "
+            f"{shlex.quote(str(out))} --what {what}"
+            + (f" --format {fmt}" if len(artifact.formats) > 1 else "")
         )
-    if not is_primary():
-        return out
-    if out.is_dir():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    artifact.write(out, fmt, max_shard_bytes)
-    command = command or (
-        f"jaxrank export --workdir {shlex.quote(str(workdir))} --out {shlex.quote(str(out))} "
-        f"--what {what}" + (f" --format {fmt}" if len(artifact.formats) > 1 else "")
-    )
-    write_model_card(
-        out,
-        title=artifact.title,
-        description=artifact.description,
-        workdir=workdir,
-        config=cfg.to_dict(),
-        command=command,
-        usage=artifact.usage(fmt),
-    )
+        write_model_card(
+            out,
+            title=artifact.title,
+            description=artifact.description,
+            workdir=workdir,
+            config=cfg.to_dict(),
+            command=command,
+            usage=artifact.usage(fmt),
+        )
     return out
 
 

@@ -1,11 +1,13 @@
 """``jaxrank export`` on a short real contrastive run: the exported CLIP checkpoint computes in
 transformers' PyTorch model what jaxrank's encoder computes, loads back into jaxrank with the
 same parameters, is byte-identical when the run's parameters sit on a 4x2 (data, model) mesh,
-and carries a model card; bad input ends in one ``jaxrank: error:`` line with nothing written."""
+and carries a model card; bad input ends in one ``jaxrank: error:`` line with nothing written,
+and so does an export from a run folder that a training run holds (its lock)."""
 
 from __future__ import annotations
 
 import json
+import socket
 
 import jax
 import numpy as np
@@ -13,6 +15,8 @@ import pytest
 from contrastive_tiny import tiny_config
 from fast_xla import fast_compile
 from flax import nnx
+from lock_holder import held
+from refusals import refused
 
 from jaxrank import parallel
 from jaxrank.cli import main as cli
@@ -20,6 +24,7 @@ from jaxrank.cli.export import export_run
 from jaxrank.contrastive.encoder import restore
 from jaxrank.contrastive.recipe import train_and_evaluate
 from jaxrank.models.hf import load_pretrained
+from jaxrank.train.workdir import HOLDER_FILE
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -118,3 +123,17 @@ def test_bad_input_is_one_error_line_and_writes_nothing(run, tmp_path, capsys):
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
     assert json.loads((out / "config.json").read_text())["architectures"] == ["CLIPModel"]
+
+
+def test_a_run_folder_in_use_is_refused(run, tmp_path, capsys):
+    """A process holding the run folder's lock (as ``jaxrank train`` does while it trains):
+    the export is refused naming it, writes nothing, and succeeds once the holder is gone."""
+    workdir, _ = run
+    out = tmp_path / "out"
+    with held(workdir) as proc:
+        info = json.loads((workdir / HOLDER_FILE).read_text())
+        holder = f"process {proc.pid} on host {socket.gethostname()}, started {info['started']}"
+        argv = ["export", "--workdir", workdir, "--out", out]
+        refused(capsys, argv, workdir, out, culprit=(holder, "is in use"))
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    assert not (workdir / HOLDER_FILE).exists()

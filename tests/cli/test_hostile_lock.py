@@ -5,40 +5,24 @@ kill -9 through this same lock: tests/contrastive/test_recipe.py's sigkill test)
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import contrastive_tiny
 from contrastive_tiny import CONFIG
+from lock_holder import held
 from refusals import refused
 
 from jaxrank.train.workdir import HOLDER_FILE, workdir_lock
 
 TINY = [f"--config.{o}" for o in (*contrastive_tiny.TINY, "train.steps=2")]
-HOLD = (
-    "import sys, time\n"
-    "from jaxrank.train.workdir import workdir_lock\n"
-    "with workdir_lock(sys.argv[1]):\n"
-    "    print('locked', flush=True)\n"
-    "    time.sleep(600)\n"
-)
 
 
 def test_second_run_refused_then_kill_frees_the_folder(capsys, tmp_path):
     """One holder process (its start costs seconds): first refused beside it, then killed."""
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(workdir)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout.readline().strip() == "locked"
+    with held(workdir) as proc:
         refused_beside(capsys, workdir, proc)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     taken_after_kill(workdir, proc)
 
 
