@@ -4,7 +4,8 @@ PyTorch: the merged checkpoint and the PEFT adapter applied to the base give jax
 and the merged one generates jaxrank's greedy tokens; a model with no checkpoint behind it (the
 recipes' tiny random ones) is written with a config of its own and loads back into jaxrank
 with the same parameters. The adapters cover every linear, the vision tower's packed qkv
-included."""
+included; a model whose layers are scanned exports what the unrolled one does. Tolerance 1e-5
+in float32."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from flax import nnx, traverse_util
 from qwen_checkpoints import jaxrank_inputs, reference_inputs, tiny_vlm
+from safetensors.numpy import load_file
 
 from jaxrank.models.hf.qwen2_vl import load_vlm
 from jaxrank.models.hf.qwen_vl_inputs import QwenVLInputs
+from jaxrank.models.layer_stack import UNROLLED, Stacking
 from jaxrank.models.lora import LoRAConfig, LoRALinear, apply_lora, merge_lora, split_lora
 from jaxrank.rl.sampler import SamplingSettings, generate
 from jaxrank.vlm.base import VLMBase, add_special_tokens
@@ -27,7 +30,7 @@ from jaxrank.vlm.export import TrainedVLM, write_adapter, write_merged
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
-ATOL = 1e-4  # float32 logits of magnitude ~5 through two towers, as tests/models/test_vlm.py
+ATOL = 1e-5  # float32 both sides; what remains is summation order (vlm_export_parity.py)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +40,10 @@ def checkpoint(tmp_path_factory):
     return folder, type(reference), processor
 
 
-def _trained(folder, checkpoint: bool) -> TrainedVLM:
+def _trained(folder, checkpoint: bool, stacking: Stacking = UNROLLED) -> TrainedVLM:
     """The checkpoint with rank-2 adapters on every linear, B drawn at random (as training
     leaves it), and a [RET] token added to the tokenizer (ELVA's)."""
-    model = load_vlm(folder).model
+    model = load_vlm(folder, stacking=stacking).model
     apply_lora(model, LoRAConfig(rank=2, alpha=6.0), nnx.Rngs(0))
     keys = iter(jax.random.split(jax.random.key(1), 200))
     for _, layer in nnx.iter_graph(model):
@@ -145,3 +148,52 @@ def test_a_model_without_checkpoint_is_written_with_its_own_config(checkpoint, t
     assert config["base_model_name_or_path"] == str((adapter_out / "base").resolve())
     base = model_class.from_pretrained(adapter_out / "base").eval()
     _compare(peft.PeftModel.from_pretrained(base, adapter_out).eval(), trained, folder, processor)
+
+
+def _stacked(adapters) -> dict:
+    """Unrolled adapters in a scanned model's layout: each ``(..., layers|blocks, i, ...)``
+    path stacked over i (the vision merger's, in no stack, kept)."""
+    groups: dict = {}
+    for path, value in traverse_util.flatten_dict(nnx.to_pure_dict(adapters)).items():
+        cut = next((j for j, key in enumerate(path) if isinstance(key, int)), None)
+        if cut is None:
+            groups[path] = np.asarray(value)
+        else:
+            groups.setdefault((*path[:cut], *path[cut + 1 :]), {})[path[cut]] = np.asarray(value)
+    stacked = {
+        path: np.stack([v[i] for i in sorted(v)]) if isinstance(v, dict) else v
+        for path, v in groups.items()
+    }
+    return traverse_util.unflatten_dict(stacked)
+
+
+def test_a_scanned_models_adapter_is_the_unrolled_ones(checkpoint, tmp_path):
+    """Layers stacked for scan (``*.scan_layers``: one adapted linear per stack, A and B with a
+    leading layer axis) export per layer under PEFT's names: the same adapter folder (and the
+    same merged tensors) as the unrolled model with the same adapters, and peft applies it to
+    compute jaxrank's logits."""
+    folder, model_class, processor = checkpoint
+    unrolled = _trained(folder, checkpoint=True)
+    scanned = _trained(folder, checkpoint=True, stacking=Stacking(scan=True))
+    nnx.replace_by_pure_dict(scanned.adapters, _stacked(unrolled.adapters))
+    for trained, name in ((unrolled, "unrolled"), (scanned, "scanned")):
+        write_adapter(trained, tmp_path / name)
+        write_merged(trained, tmp_path / f"{name}_merged")
+    merged = [
+        load_file(tmp_path / f"{n}_merged" / "model.safetensors") for n in ("unrolled", "scanned")
+    ]
+    assert sorted(merged[0]) == sorted(merged[1])
+    for name in merged[0]:
+        np.testing.assert_array_equal(merged[1][name], merged[0][name], err_msg=name)
+    want, got = (
+        load_file(tmp_path / name / "adapter_model.safetensors") for name in ("unrolled", "scanned")
+    )
+    assert sorted(got) == sorted(want)
+    assert "base_model.model.model.language_model.layers.1.mlp.up_proj.lora_A.weight" in got
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    config = lambda name: json.loads((tmp_path / name / "adapter_config.json").read_text())
+    assert config("scanned") == config("unrolled")
+    base = model_class.from_pretrained(folder).eval()
+    adapted = peft.PeftModel.from_pretrained(base, tmp_path / "scanned").eval()
+    _compare(adapted, scanned, folder, processor)

@@ -25,6 +25,7 @@ from jaxrank.models.hf.files import (
 )
 from jaxrank.models.hf.qwen_vision import vision_name_map
 from jaxrank.models.hf.tensors import nest
+from jaxrank.models.layer_stack import UNROLLED, with_stacking
 from jaxrank.models.lm import CausalLM
 from jaxrank.models.vlm import VisionLanguageModel
 
@@ -53,7 +54,7 @@ def decoder_rules(model: CausalLM | VisionLanguageModel, base: str | Path | None
         rules = qwen2.name_map(expected)
     else:
         raise TypeError(f"expected a CausalLM or VisionLanguageModel, got {type(model).__name__}")
-    if model.config != expected:
+    if with_stacking(model.config, UNROLLED) != expected:  # scanned or not, the same tensors
         raise CheckpointMismatch(
             f"{source / CONFIG_FILE} describes {expected}, but the model is {model.config}"
         )

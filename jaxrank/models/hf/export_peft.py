@@ -7,6 +7,8 @@ Each adapted linear becomes PEFT's ``<module>.lora_A.weight`` [r, in] and ``lora
 loaded from. Where several jaxrank linears are rows of one packed tensor (Qwen's fused vision
 ``qkv``), their adapters stack into one adapter of rank r x parts whose B is block-diagonal
 (``rank_pattern`` / ``alpha_pattern`` keep the scale alpha / r): the same update, exactly.
+A scanned stack's adapted linear (one module, A and B with a leading layer axis) becomes one
+PEFT module per layer, named by the checkpoint tensor of that layer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from jaxrank.models.hf.errors import UnsupportedCheckpoint
-from jaxrank.models.hf.tensors import Tensor
+from jaxrank.models.hf.tensors import Stacked, Tensor, stacked_rules
 from jaxrank.models.lora import LoRALinear
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -32,21 +34,34 @@ def _dotted(path: tuple) -> str:
     return ".".join(map(str, path))
 
 
+def _layers(
+    path: tuple, module: LoRALinear, rules: dict
+) -> list[tuple[Tensor, np.ndarray, np.ndarray]]:
+    """``(checkpoint tensor rule, A [in, r], B [r, out])`` for each checkpoint linear that one
+    adapted linear holds: itself, or each layer of a scanned stack (``models.layer_stack``:
+    A and B stacked on a leading layer axis, as the kernel is)."""
+    a, b = (np.asarray(v[...]) for v in (module.lora_a, module.lora_b))
+    key = (*path, "kernel")
+    rule = stacked_rules(rules, [key]).get(key)
+    if isinstance(rule, Tensor) and a.ndim == 2:
+        return [(rule, a, b)]
+    if isinstance(rule, Stacked) and a.shape[:1] == (len(rule.layers),) and a.ndim == 3:
+        return [(tensor, a[i], b[i]) for i, tensor in enumerate(rule.layers)]
+    raise UnsupportedCheckpoint(
+        f"{_dotted(path)}: adapters of shape {a.shape} match no checkpoint tensor; export the "
+        "merged checkpoint instead"
+    )
+
+
 def _adapters_by_module(model: nnx.Module, rules: dict) -> dict[str, list]:
     """Checkpoint module name -> [(Tensor rule, A [in, r], B [r, out], scale)] of its parts."""
     modules: dict[str, list] = {}
     for path, module in nnx.iter_modules(model):
         if not isinstance(module, LoRALinear):
             continue
-        rule: Tensor | None = rules.get((*path, "kernel"))
-        if rule is None:  # e.g. a scanned stack's linear, one module for every layer
-            raise UnsupportedCheckpoint(
-                f"{_dotted(path)}: no single checkpoint tensor holds this adapted linear (layers "
-                "stacked for scan?); export the merged checkpoint instead"
-            )
-        a, b = (np.asarray(v[...]) for v in (module.lora_a, module.lora_b))
-        name = rule.name.removesuffix(".weight")
-        modules.setdefault(name, []).append((rule, a, b, module.scale))
+        for rule, a, b in _layers(path, module, rules):
+            name = rule.name.removesuffix(".weight")
+            modules.setdefault(name, []).append((rule, a, b, module.scale))
     return modules
 
 
