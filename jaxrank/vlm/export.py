@@ -140,7 +140,15 @@ def usage(fmt: str, trained: TrainedVLM) -> str:
             f'base = {cls}.from_pretrained("{base}")',
             'model = PeftModel.from_pretrained(base, "THIS_FOLDER")',
         ]
-    return "\n".join([*lines, 'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")'])
+    return "\n".join(
+        [
+            *lines,
+            'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+            '# Inputs with images: AutoProcessor.from_pretrained("THIS_FOLDER")\'s, whose',
+            "# mm_token_type_ids give image tokens their M-RoPE positions (without them",
+            "# transformers numbers every token as text).",
+        ]
+    )
 
 
 def vlm_artifact(title: str, description: str, trained: TrainedVLM) -> Artifact:
