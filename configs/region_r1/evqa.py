@@ -14,6 +14,13 @@ images with EchoSight's id2name maps; and the weights: the policy checkpoint and
 scorer that jaxrank.models.hf loads (the paper's EVA-CLIP-8B is not one of the families yet:
 the default is OpenAI's CLIP ViT-L/14 at 336 px). `scripts/reproduce.sh region_r1_evqa` lists
 what is missing. The synthetic CPU demonstration is configs/region_r1/mllm_synthetic.py.
+
+Where it fits (`jaxrank plan --config configs/region_r1/evqa.py --analytic`; docs/SCALING.md):
+at the real depth the analytic model puts the step at 28.6 GiB a device with 4 queries per
+device, so it fits 8 chips of TPU v4 or v6e (a v4-16 or v6e-8 slice, 32 GiB: 3.4 GiB to
+spare), v5p or H100, and no v5e (16 GiB) at any per-chip batch: 14.4 GiB stay resident (the
+policy's weights 7.0, the replicated knowledge base 5.7, the scorer 1.6) and the policy's
+vision tower runs on the global batch. XLA's compiled programs check the model at 2 layers.
 """
 
 from pathlib import Path
@@ -55,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.policy.scan_layers = True
     c.policy.remat = True
     c.scorer_scan_layers = True
+    # The update's token log-probs 16 completion positions at a time (lm_scoring.head_log_probs):
+    # [B*G, 16, 151936] float32 logits live instead of [B*G, 256, 151936]; 0 = all at once.
+    c.policy.logit_chunk = 16
     c.policy.short_system_prompt = False  # crop_tool.SYSTEM_PROMPT
     c.policy.max_new_tokens = 256
     c.policy.image_size = 448  # the policy's square view of a query; boxes map back exactly

@@ -4,6 +4,7 @@ analytic memory model, before anyone rents a slice.
 
     jaxrank plan --config configs/region_r1/evqa.py --chip v5e --chips 8 --json plan.json
     jaxrank plan --config configs/region_r1/evqa.py --depth 2   # real widths, 2 layers: CI time
+    jaxrank plan --config configs/region_r1/evqa.py --analytic  # real depth, nothing compiled
 
 The programs compile for ``--chips`` virtual CPU devices. Their number is fixed when JAX starts,
 so the command sets it before then (``jax_num_cpu_devices``); a process whose JAX already runs
@@ -42,10 +43,15 @@ def _use_devices(chips: int) -> None:
 
 
 def program_rows(result: dict) -> list[dict]:
-    """One row per program: XLA's figures and the analytic peak, GiB per device."""
+    """One row per program: XLA's figures (when compiled) and the analytic peak, GiB per
+    device."""
     rows = []
     for name, row in result["programs"].items():
-        xla, analytic = row["xla"], row["analytic"]
+        analytic = {"analytic peak": row["analytic"]["peak"] / GIB}
+        xla = row.get("xla")
+        if xla is None:
+            rows.append({"program": name, **analytic})
+            continue
         rows.append(
             {
                 "program": name,
@@ -54,35 +60,37 @@ def program_rows(result: dict) -> list[dict]:
                 "aliased": xla["aliased"] / GIB,
                 "temporaries": xla["temporaries"] / GIB,
                 "XLA peak": xla["peak"] / GIB,
-                "analytic peak": analytic["peak"] / GIB,
+                **analytic,
                 "analytic / XLA": row["analytic_over_xla"],
                 "TFLOP": xla["flops"] / 1e12,
                 "compile s": xla["compile_s"],
             }
         )
     step = result["step"]
-    peaks = {"XLA peak": step["xla_peak"] / GIB, "analytic peak": step["analytic_peak"] / GIB}
+    peaks = {"analytic peak": step["analytic_peak"] / GIB}
+    if "xla_peak" in step:
+        peaks = {"XLA peak": step["xla_peak"] / GIB, **peaks}
     return [*rows, {"program": "step", **peaks}]
 
 
 def chip_rows(result: dict) -> list[dict]:
-    """One row per chip: the step's verdict (analytic), XLA's, the largest per-chip batch and
-    the recommended mesh."""
+    """One row per chip: the step's verdict (analytic), XLA's when compiled, the largest
+    per-chip batch and the recommended mesh."""
     rows = []
     for chip, v in result["chips"].items():
         mesh = v["mesh"]
-        rows.append(
-            {
-                "chip": chip,
-                "GiB": v["memory_gib"],
-                "fits": "yes" if v["fits"] else "no",
-                "headroom GiB": v["headroom_gib"],
-                "XLA:CPU fits": "yes" if v["xla_fits"] else "no",
-                "largest batch": v["largest_batch"],
-                "XLA peak there GiB": v["xla_peak_at_largest_gib"],
-                "mesh": f"{mesh['data']} x {mesh['model']}" if mesh else "none fits",
-            }
-        )
+        row = {
+            "chip": chip,
+            "GiB": v["memory_gib"],
+            "fits": "yes" if v["fits"] else "no",
+            "headroom GiB": v["headroom_gib"],
+            "largest batch": v["largest_batch"],
+            "mesh": f"{mesh['data']} x {mesh['model']}" if mesh else "none fits",
+        }
+        if "xla_fits" in v:
+            row["XLA:CPU fits"] = "yes" if v["xla_fits"] else "no"
+            row["XLA peak there GiB"] = v["xla_peak_at_largest_gib"]
+        rows.append(row)
     return rows
 
 
@@ -92,8 +100,15 @@ def _run(args: argparse.Namespace, extra) -> None:
     if cfg.get("recipe") not in PLANNED_RECIPES:
         raise ConfigError(f"recipe {cfg.get('recipe')!r}: the planner knows {PLANNED_RECIPES}")
     chips = args.chip or list(CHIPS)
-    result = plan_setting(cfg, chips, depth=args.depth, dtype=args.dtype)
-    result["command"] = {"config": args.config, "chips": args.chips, "depth": args.depth}
+    result = plan_setting(
+        cfg, chips, depth=args.depth, dtype=args.dtype, compile_programs=not args.analytic
+    )
+    result["command"] = {
+        "config": args.config,
+        "chips": args.chips,
+        "depth": args.depth,
+        "analytic": args.analytic,
+    }
     s = result["setting"]
     print(f"{args.config}: {s['policy']}; scorer {s['scorer']}; {s['dtype']}")
     print(
@@ -118,5 +133,10 @@ def add_command(sub) -> None:
     command.add_argument("--chips", type=int, default=8, help="devices of the mesh (default 8)")
     command.add_argument("--depth", type=int, default=None, help="layers per tower (real widths)")
     command.add_argument("--dtype", default=None, help="override the compute dtype (float32)")
+    command.add_argument(
+        "--analytic",
+        action="store_true",
+        help="the analytic memory model only, nothing compiled (any depth in seconds)",
+    )
     command.add_argument("--json", default="", help="write the full result here")
     command.set_defaults(run=_run)

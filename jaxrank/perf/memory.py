@@ -18,9 +18,11 @@ estimated term by term:
   softmax and its compute-dtype copy when narrower) and its MLP phase (the residual, its norm
   and the hidden activations: ``2 W + 2 F`` gated, ``2 W + F`` plain).
 - **Rematerialised layers** (``models.layer_stack``'s ``remat``): a backward pass keeps each
-  layer's input only (the residual stream, ``W`` elements a token) and recomputes one layer's
-  saved activations at a time, so the layers' terms become ``depth`` inputs plus the largest
-  layer's saved activations.
+  layer's input only (the residual stream, ``W`` elements a token) and recomputes one layer at
+  a time. What one layer holds while it runs (``running_layer_bytes``: its saved activations,
+  or its attention with two float32 (query, key, head) buffers, the scores and their masked
+  copy) is live only during that layer, not beside the logits or another tower's layer: a
+  program's phases that follow one another count by their maximum, not their sum.
 - **KV caches**, **logits** (float32) and the optimizer's two AdamW moments (in the
   parameters' dtype, as optax keeps them) as their shapes say.
 
@@ -122,19 +124,24 @@ def saved_activation_bytes(layer: Layer, tokens: float, triples: float, itemsize
     return tokens * layer.saved_elements() * itemsize + attention_bytes(triples, itemsize)
 
 
-def live_layer_bytes(layer: Layer, tokens: float, triples: float, itemsize: int) -> float:
+def live_layer_bytes(
+    layer: Layer, tokens: float, triples: float, itemsize: int, scanned: bool = False
+) -> float:
     """One forward layer's temporaries live at once: its attention or its MLP phase, whichever
-    is larger (a forward-only program's widest layer)."""
+    is larger (a forward-only program's widest layer). A layer of a scanned stack holds a
+    second float32 (query, key, head) buffer while it attends (the scores and their masked
+    copy, as XLA's live ranges show)."""
     attending = tokens * layer.attention_phase_elements() * itemsize
-    attending += attention_bytes(triples, itemsize)
+    attending += attention_bytes(triples, itemsize) + (triples * FLOAT32 if scanned else 0)
     return max(attending, tokens * layer.mlp_phase_elements() * itemsize)
 
 
-def rematerialised_bytes(saved: list[float], layer_input: float) -> list[float]:
-    """Per-layer saved activations ``saved`` under rematerialisation: each layer keeps its
-    ``layer_input`` bytes, and one layer's activations (the largest) live while it is
-    recomputed."""
-    return [layer_input] * len(saved) + [max(saved)]
+def running_layer_bytes(layer: Layer, tokens: float, triples: float, itemsize: int) -> float:
+    """What one layer holds while it runs in a rematerialised (scanned) stack, its forward or
+    its recomputation in the backward: its saved activations, or its scanned
+    ``live_layer_bytes``, whichever is larger."""
+    saved = saved_activation_bytes(layer, tokens, triples, itemsize)
+    return max(saved, live_layer_bytes(layer, tokens, triples, itemsize, scanned=True))
 
 
 def kv_cache_bytes(

@@ -122,9 +122,12 @@ def plan_setting(
     *,
     depth: int | None = None,
     dtype: str | None = None,
+    compile_programs: bool = True,
 ) -> dict[str, Any]:
     """The planner's answer for a Region-R1 MLLM config on this process's devices (the mesh
-    its ``mesh`` block names), as a JSON-ready dict (bytes; GiB where the key says so)."""
+    its ``mesh`` block names), as a JSON-ready dict (bytes; GiB where the key says so).
+    ``compile_programs=False`` answers from the analytic model alone (no XLA figures), for
+    settings too deep to compile here."""
     mesh = parallel.mesh_from_config(cfg.mesh)
     setting = read_setting(cfg, depth, dtype)
     data = mesh.shape[parallel.DATA]
@@ -133,29 +136,33 @@ def plan_setting(
     b = setting.batch // data
     programs = Programs(cfg, setting, mesh)
     resident = programs.resident()
-    at_config = compiled_step(programs, b)
+    at_config = compiled_step(programs, b) if compile_programs else None
     rows = {}
-    for name, figures in at_config["programs"].items():
+    for name in PROGRAMS:
         analytic = _analytic(programs, name, b)
-        rows[name] = {
-            "xla": figures.as_dict(),
-            "analytic": analytic.as_dict(),
-            "analytic_over_xla": analytic.peak / figures.peak,
-        }
+        rows[name] = {"analytic": analytic.as_dict()}
+        if at_config:
+            figures = at_config["programs"][name]
+            rows[name]["xla"] = figures.as_dict()
+            rows[name]["analytic_over_xla"] = analytic.peak / figures.peak
     step_analytic = analytic_step_peak(programs, b, resident)
     verdicts, confirmed = {}, {}
     for chip in chips:
         capacity = plan.chip_memory(chip)
         largest = plan.largest_batch(lambda n: analytic_step_peak(programs, n, resident), capacity)
-        if largest and largest not in confirmed:
-            confirmed[largest] = compiled_step(programs, largest)["peak"]
         verdicts[chip] = {
             **plan.verdict(step_analytic, chip),
-            "xla_fits": at_config["peak"] <= capacity,
             "largest_batch": largest,
-            "xla_peak_at_largest_gib": confirmed.get(largest, 0.0) / plan.GIB,
             "mesh": recommend_mesh(programs, len(mesh.devices.flat), capacity),
         }
+        if at_config:
+            if largest and largest not in confirmed:
+                confirmed[largest] = compiled_step(programs, largest)["peak"]
+            verdicts[chip]["xla_fits"] = at_config["peak"] <= capacity
+            verdicts[chip]["xla_peak_at_largest_gib"] = confirmed.get(largest, 0.0) / plan.GIB
+    step = {"analytic_peak": step_analytic}
+    if at_config:
+        step["xla_peak"] = at_config["peak"]
     return {
         "setting": _setting_summary(setting),
         "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
@@ -164,6 +171,6 @@ def plan_setting(
         "depth": depth,
         "resident": resident,
         "programs": rows,
-        "step": {"xla_peak": at_config["peak"], "analytic_peak": step_analytic},
+        "step": step,
         "chips": verdicts,
     }

@@ -106,7 +106,7 @@ class Programs:
     def update(self, b: int) -> Program:
         s = self.setting
         n, completions = self.data * b, self.data * b * s.group
-        log_probs = completion_log_probs_fn(s.grid, s.group, s.temperature)
+        log_probs = completion_log_probs_fn(s.grid, s.group, s.temperature, s.logit_chunk)
         loss = make_token_grpo_loss(self.graphdef, log_probs, r_grpo.grpo_config(self.cfg).grpo)
         batch = dict(
             self.prompts(b),

@@ -53,6 +53,7 @@ class Setting:
     kb_rows: int
     batch: int  # queries per step, all devices
     temperature: float
+    logit_chunk: int = 0  # completion positions per chunk of the update's log-probs (0: all)
 
     @property
     def slots(self) -> int:
@@ -100,6 +101,7 @@ def read_setting(
         kb_rows=KB_ROWS.get(cfg.data.get("benchmark", ""), 0),
         batch=cfg.train.batch_size,
         temperature=float(cfg.policy.get("temperature", 1.0)),
+        logit_chunk=int(cfg.policy.get("logit_chunk", 0)),
     )
 
 
@@ -134,40 +136,78 @@ def _kv(s: Setting, rows: int) -> float:
     return memory.kv_cache_bytes(lm.depth, rows, s.slots, lm.kv_heads, lm.dim_per_head, itemsize)
 
 
+def _update_logits(s: Setting, rows: int) -> tuple[float, float]:
+    """The update's logits for ``rows`` completions. All positions at once: three float32
+    ``[rows N, V]`` buffers live together (the policy's logits kept for the backward, their
+    gradient, the log-softmax's exponentials; the reference's are freed before). Chunked
+    (``logit_chunk``): three ``[rows chunk, V]`` ones, and the head's ``[V, W]`` embedding
+    transposed, carried into the chunk loop for the whole step (measured on XLA:CPU; counted
+    for every backend, which overstates one that reads it in place). Plus the compute-dtype
+    matmul outputs when that dtype is narrower. Returns (logits, transposed head) bytes."""
+    e, lm = s.dtype.itemsize, s.policy.lm
+    positions = s.logit_chunk if 0 < s.logit_chunk < s.new_tokens else s.new_tokens
+    live = rows * positions
+    logits = memory.logits_bytes(live, lm.vocab_size, copies=3)
+    if e < memory.FLOAT32:
+        logits += 2 * live * lm.vocab_size * e
+    transposed = lm.vocab_size * lm.width * e if positions < s.new_tokens else 0
+    return logits, transposed
+
+
+def _stack_terms(
+    name: str, saved: list[float], running: float, layer_input: float, remat: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """A tower's (kept, phase) terms: unrematerialised, every layer's saved activations are
+    kept through the backward; rematerialised, each layer's input is, and one layer's
+    ``running`` bytes are a phase of their own."""
+    if not remat:
+        return {f"{name}_activations": sum(saved)}, {}
+    return {f"{name}_layer_inputs": layer_input * len(saved)}, {f"{name}_layer": running}
+
+
 def update_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[str, float]:
     """The r-GRPO update's temporaries for ``b`` queries per device on a ``data`` x ``model``
-    mesh: the policy's saved activations (prompt once, the G completions over its repeated
-    cache), the vision tower's (global batch), the KV caches it reads back, and the logits (the
-    policy's float32 logits kept for the backward, their gradient, the reference's, and the
-    log-softmax's exponentials; plus the compute-dtype matmul outputs when that is narrower).
+    mesh. Kept through the step: the policy's saved activations (prompt once, the G completions
+    over its repeated cache; only each layer's input when rematerialised), the vision tower's
+    (global batch), the KV caches it reads back and, in a scanned decoder, what XLA hoists out
+    of the layer loop (the attention mask broadcast to every head, float32 and boolean; the
+    LoRA dropout's random bits, two 32-bit words per element of the widest inputs). On top,
+    the largest of the phases that follow one another: the logits (``_update_logits``) and,
+    per rematerialised tower, one layer running (``memory.running_layer_bytes``).
     ``model`` > 1 divides the head- and MLP-split terms, not the replicated vocabulary."""
-    e, lm = s.dtype.itemsize, s.policy.lm
+    e, lm, v = s.dtype.itemsize, s.policy.lm, s.policy.vision
     rows = b * s.group
     tokens = b * s.prompt_length + rows * s.new_tokens
     triples = tokens * s.slots * lm.heads
-    saved = [memory.saved_activation_bytes(_decoder_layer(s), tokens, triples, e)] * lm.depth
+    decoder = _decoder_layer(s)
+    saved = [memory.saved_activation_bytes(decoder, tokens, triples, e)] * lm.depth
+    running = memory.running_layer_bytes(decoder, tokens, triples, e)
+    kept, phases = _stack_terms("decoder", saved, running, tokens * lm.width * e, lm.stacking.remat)
     vision = _vision_layer(s)
     images_tokens = b * data * s.patches
+    triples_by_layer = _vision_triples(s, b * data)
     vision_saved = [
-        memory.saved_activation_bytes(vision, images_tokens, t, e)
-        for t in _vision_triples(s, b * data)
+        memory.saved_activation_bytes(vision, images_tokens, t, e) for t in triples_by_layer
     ]
-    if lm.stacking.remat:
-        saved = memory.rematerialised_bytes(saved, tokens * lm.width * e)
-    if s.policy.vision.stacking.remat:
-        vision_saved = memory.rematerialised_bytes(
-            vision_saved, images_tokens * s.policy.vision.width * e
-        )
-    completion = rows * s.new_tokens
-    logits = memory.logits_bytes(completion, lm.vocab_size, copies=4)
-    if e < memory.FLOAT32:
-        logits += 2 * completion * lm.vocab_size * e
-    return {
-        "decoder_activations": sum(saved) / model,
-        "kv_caches": _kv(s, rows + b) / model,
-        "vision_activations": sum(vision_saved) / model,
-        "logits": logits,
-    }
+    vision_running = max(
+        memory.running_layer_bytes(vision, images_tokens, t, e) for t in triples_by_layer
+    )
+    vision_kept, vision_phases = _stack_terms(
+        "vision", vision_saved, vision_running, images_tokens * v.width * e, v.stacking.remat
+    )
+    kept = {**kept, **vision_kept, "kv_caches": _kv(s, rows + b)}
+    if lm.stacking.scan:
+        kept["attention_masks"] = triples * (memory.FLOAT32 + 1)
+        if s.lora.dropout > 0:
+            kept["dropout_bits"] = 2 * 4 * tokens * (lm.mlp_dim + lm.width)
+    kept = {k: value / model for k, value in kept.items()}
+    logits, transposed = _update_logits(s, rows)
+    if transposed:
+        kept["head_transposed"] = transposed
+    phases = {k: value / model for k, value in {**phases, **vision_phases}.items()}
+    phases["logits"] = logits
+    widest = max(phases, key=phases.get)
+    return {**kept, widest: phases[widest]}
 
 
 def sampler_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[str, float]:
@@ -178,11 +218,11 @@ def sampler_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[s
     rows = b * s.group
     prompt_tokens = b * s.prompt_length
     prefill = memory.live_layer_bytes(
-        _decoder_layer(s), prompt_tokens, prompt_tokens * s.slots * lm.heads, e
+        _decoder_layer(s), prompt_tokens, prompt_tokens * s.slots * lm.heads, e, lm.stacking.scan
     )
-    images = b * data
+    images, scanned = b * data, s.policy.vision.stacking.scan
     vision = max(
-        memory.live_layer_bytes(_vision_layer(s), images * s.patches, t, e)
+        memory.live_layer_bytes(_vision_layer(s), images * s.patches, t, e, scanned)
         for t in _vision_triples(s, images)
     )
     return {

@@ -1,6 +1,7 @@
-"""The planner: its helpers against hand-worked numbers, Region-R1's E-VQA setting compiled at
-real widths and two layers (float32, where XLA:CPU keeps every buffer at the program's dtype)
-against the analytic memory model, a setting too large for a chip reported as such, and the
+"""The planner: its helpers against hand-worked numbers, Region-R1's E-VQA setting as shipped
+(scanned + rematerialised layers, chunked log-probs) compiled at real widths and two layers
+(float32, where XLA:CPU keeps every buffer at the program's dtype) against the analytic memory
+model, the analytic-only plan, a setting too large for a chip reported as such, and the
 ``jaxrank plan`` command's table and JSON."""
 
 import json
@@ -11,7 +12,7 @@ import pytest
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
 from jaxrank.cli.main import main
-from jaxrank.configs import apply_overrides, load_config_file
+from jaxrank.configs import load_config_file
 from jaxrank.perf import memory, plan
 from jaxrank.region_r1.plan import plan_setting
 
@@ -45,13 +46,17 @@ def test_verdict_headroom_in_gib():
 
 @pytest.fixture(scope="module")
 def evqa_two_layers():
-    """The E-VQA setting unrolled and without remat, the analytic model's checked domain: the
-    shipped config scans and rematerialises, whose update the model overcounts (SCALING.md)."""
-    cfg = apply_overrides(
-        load_config_file(EVQA),
-        ["policy.scan_layers=False", "policy.remat=False", "scorer_scan_layers=False"],
+    """The E-VQA setting as shipped (scanned, rematerialised layers; chunked log-probs), its
+    three programs compiled at the config's batch; no chip, so nothing else compiles."""
+    cfg = load_config_file(EVQA)
+    assert cfg.policy.scan_layers and cfg.policy.remat and cfg.policy.logit_chunk > 0
+    return plan_setting(cfg, [], depth=2, dtype="float32")
+
+
+def _analytic_plan(chips):
+    return plan_setting(
+        load_config_file(EVQA), chips, depth=2, dtype="float32", compile_programs=False
     )
-    return plan_setting(cfg, ["v5e"], depth=2, dtype="float32")
 
 
 def test_analytic_model_matches_xla_within_tolerance(evqa_two_layers):
@@ -65,11 +70,20 @@ def test_analytic_model_matches_xla_within_tolerance(evqa_two_layers):
     assert update["xla"]["aliased"] > 0  # the donated train state is updated in place
 
 
+def test_the_analytic_plan_compiles_nothing_and_agrees(evqa_two_layers):
+    quick = _analytic_plan([])
+    for name, row in quick["programs"].items():
+        assert "xla" not in row
+        assert row["analytic"] == evqa_two_layers["programs"][name]["analytic"], name
+    assert quick["step"] == {"analytic_peak": evqa_two_layers["step"]["analytic_peak"]}
+
+
 def test_a_setting_that_cannot_fit_is_reported_not_crashed(evqa_two_layers):
-    v5e = evqa_two_layers["chips"]["v5e"]
+    v5e = _analytic_plan(["v5e"])["chips"]["v5e"]
     assert not v5e["fits"] and v5e["headroom_gib"] < 0
-    assert v5e["largest_batch"] == 0 and v5e["mesh"] is None
-    assert not v5e["xla_fits"]
+    assert 0 < v5e["largest_batch"] < 4  # fewer queries per chip than the config's 4 fit
+    assert v5e["mesh"]["data"] * v5e["mesh"]["model"] == 8 and v5e["mesh"]["model"] > 1
+    assert evqa_two_layers["step"]["xla_peak"] > plan.chip_memory("v5e")  # XLA agrees
 
 
 def test_plan_command_prints_the_tables_and_writes_json(tmp_path, capsys):
@@ -83,3 +97,13 @@ def test_plan_command_prints_the_tables_and_writes_json(tmp_path, capsys):
     assert set(result["programs"]) == {"update", "sampler", "judge"}
     assert result["chips"]["h100"]["largest_batch"] >= 1
     assert result["command"]["depth"] == 1
+
+
+def test_plan_command_answers_from_the_analytic_model_alone(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--config", EVQA, "--chip", "v5e", "--depth", "2", "--analytic"]
+    assert main([*argv, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "analytic peak" in printed and "XLA" not in printed
+    result = json.loads(out.read_text())
+    assert result["command"]["analytic"] and "xla_peak" not in result["step"]
