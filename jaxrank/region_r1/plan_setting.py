@@ -171,7 +171,8 @@ def update_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[st
     over its repeated cache; only each layer's input when rematerialised), the vision tower's
     (global batch), the KV caches it reads back and, in a scanned decoder, what XLA hoists out
     of the layer loop (the attention mask broadcast to every head, float32 and boolean; the
-    LoRA dropout's random bits, two 32-bit words per element of the widest inputs). On top,
+    counters of the LoRA dropout's threefry bits, two 32-bit words per element of the widest
+    inputs, the same in every layer). On top,
     the largest of the phases that follow one another: the logits (``_update_logits``) and,
     per rematerialised tower, one layer running (``memory.running_layer_bytes``).
     ``model`` > 1 divides the head- and MLP-split terms, not the replicated vocabulary."""
