@@ -91,3 +91,17 @@ def test_workdir_needs_parent_and_same_config(tmp_path, config_path):
     changed = configs.apply_overrides(cfg.copy_and_resolve_references(), ["train.steps=11"])
     with pytest.raises(WorkdirError, match=r"train\.steps: 10 -> 11"):
         prepare_workdir(tmp_path / "run", changed)
+
+
+def test_folder_from_before_stacking_keys_is_re_entered(tmp_path, config_path):
+    """A folder whose config predates ``model.scan_layers`` / ``model.remat`` (absent: unrolled)
+    is re-entered by the config that names them False, and refused by one that scans."""
+    old = configs.load_config_file(config_path)
+    prepare_workdir(tmp_path / "run", old)
+    new = configs.load_config_file(config_path)
+    new.model.scan_layers = new.model.remat = False
+    prepare_workdir(tmp_path / "run", new)
+    assert "scan_layers" not in json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    new.model.scan_layers = True
+    with pytest.raises(WorkdirError, match=r"model\.scan_layers: '<absent>' -> True"):
+        prepare_workdir(tmp_path / "run", new)

@@ -24,7 +24,7 @@ from jaxrank import parallel
 from jaxrank.configs import ConfigError
 from jaxrank.distributed import is_primary
 from jaxrank.models.hf.export_card import Artifact, write_model_card
-from jaxrank.train.workdir import WorkdirError, workdir_lock
+from jaxrank.train.workdir import WorkdirError, reading_lock
 
 EXPORTS = {
     "contrastive": {"encoder": "jaxrank.contrastive.export:export_encoder"},
@@ -105,9 +105,10 @@ def export_run(
     cfg = run_config(workdir)
     what, exporter = _exporter(cfg, workdir, what)
     _check_out(out, overwrite)
-    # The run's own lock, held until the export is written: a run training in the folder (its
-    # checkpoints half-written, its report not yet there) is refused, naming its process.
-    with workdir_lock(workdir):
+    # The run's lock, held until the export is written: a run training in the folder (its
+    # checkpoints half-written, its report not yet there) is refused, naming its process. A
+    # folder this user cannot write is only read (reading_lock).
+    with reading_lock(workdir):
         artifact: Artifact = exporter(cfg, workdir, mesh or _mesh(cfg))
         fmt = fmt or artifact.formats[0]
         if fmt not in artifact.formats:

@@ -6,13 +6,15 @@ this machine's devices, data paths) and the folder itself before it writes ``con
 a refused command leaves nothing behind that would block its corrected twin. ``workdir_lock``
 holds an OS file lock (``flock`` through ``filelock``) for the whole run: a second run on the
 folder is refused with the holder's process, host and start time, and the OS drops the lock
-when its holder dies, so a killed run never blocks its resume.
+when its holder dies, so a killed run never blocks its resume. ``reading_lock`` is what a
+command that only reads a finished run (``jaxrank export``) holds, also where it cannot write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -71,6 +73,17 @@ def _accept_unresolved_mesh(saved: dict, current: dict) -> None:
         mesh["data"] = now.get("data")
 
 
+def _accept_unstacked(saved: dict, current: dict) -> None:
+    """A folder written before its config's sections named ``scan_layers`` / ``remat`` (read
+    as False when absent: ``models.layer_stack.stacking_of``) ran its layers unrolled, as the
+    keys set False say now: they are taken as False there."""
+    for name, section in current.items():
+        if isinstance(section, dict) and isinstance(saved.get(name), dict):
+            for key in ("scan_layers", "remat"):
+                if section.get(key) is False:
+                    saved[name].setdefault(key, False)
+
+
 def check_workdir(
     workdir: str | Path, cfg: ml_collections.ConfigDict, *, existing: bool = False
 ) -> Path:
@@ -97,6 +110,7 @@ def check_workdir(
         saved = _read_saved_config(saved_path)
         current = json.loads(configs.to_json(cfg))
         _accept_unresolved_mesh(saved, current)
+        _accept_unstacked(saved, current)
         if configs.diff(saved, current):
             raise WorkdirError(_mismatch(workdir, saved, current))
     return workdir
@@ -125,6 +139,13 @@ def _holder(workdir: Path) -> str:
         return "another process (its holder file is unreadable)"
 
 
+def _in_use(workdir: Path) -> str:
+    return (
+        f"workdir {workdir} is in use by {_holder(workdir)}; wait for that run to end (a killed "
+        "run's lock is released by the OS)"
+    )
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str | Path) -> Iterator[Path]:
     """Hold ``workdir`` (created if new) for one run; a second run is refused at once, naming
@@ -139,10 +160,7 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise WorkdirError(
-            f"workdir {workdir} is in use by {_holder(workdir)}; wait for that run to end "
-            "(a killed run's lock is released by the OS) or choose another --workdir"
-        ) from None
+        raise WorkdirError(_in_use(workdir) + " or choose another --workdir") from None
     except OSError as e:
         raise WorkdirError(f"cannot lock {workdir / LOCK_FILE}: {e}") from e
     try:
@@ -153,3 +171,30 @@ def workdir_lock(workdir: str | Path) -> Iterator[Path]:
     finally:
         (workdir / HOLDER_FILE).unlink(missing_ok=True)
         lock.release()
+
+
+@contextlib.contextmanager
+def reading_lock(workdir: str | Path) -> Iterator[Path]:
+    """Hold ``workdir`` for a command that only reads it: ``workdir_lock`` where this user can
+    write the folder and its lock file; else (a folder made read-only, a read-only mount, a run
+    of another user) a shared ``flock`` on the lock file opened read-only, which a training
+    run's lock refuses (naming its holder) and which refuses a training run until the block
+    ends. A folder without a lock file has never been held by a run."""
+    workdir = Path(workdir)
+    lock = workdir / LOCK_FILE
+    if os.access(workdir, os.W_OK | os.X_OK) and (not lock.exists() or os.access(lock, os.W_OK)):
+        with workdir_lock(workdir):
+            yield workdir
+        return
+    if not is_primary() or not lock.exists():
+        yield workdir
+        return
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirError(_in_use(workdir)) from None
+        yield workdir
+    finally:
+        os.close(fd)

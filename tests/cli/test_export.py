@@ -2,18 +2,23 @@
 transformers' PyTorch model what jaxrank's encoder computes, loads back into jaxrank with the
 same parameters, is byte-identical when the run's parameters sit on a 4x2 (data, model) mesh,
 and carries a model card; bad input ends in one ``jaxrank: error:`` line with nothing written,
-and so does an export from a run folder that a training run holds (its lock)."""
+and so does an export from a run folder that a training run holds (its lock), read-only or
+not; a read-only finished run exports."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from contrastive_tiny import tiny_config
-from fast_xla import fast_compile
+from fast_xla import fast_compile, subprocess_env
 from flax import nnx
 from lock_holder import held
 from refusals import refused
@@ -137,3 +142,53 @@ def test_a_run_folder_in_use_is_refused(run, tmp_path, capsys):
         refused(capsys, argv, workdir, out, culprit=(holder, "is in use"))
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
     assert not (workdir / HOLDER_FILE).exists()
+
+
+# ``jaxrank export`` twice in one process (its start is most of the cost): at once, and again
+# after a line on stdin; each prints its exit status.
+EXPORT_TWICE = (
+    "import sys\n"
+    "from jaxrank.cli import main as cli\n"
+    "argv = ['export', '--workdir', sys.argv[1], '--out', sys.argv[2]]\n"
+    "print(cli.main(argv), flush=True)\n"
+    "sys.stdin.readline()\n"
+    "print(cli.main(argv), flush=True)\n"
+)
+
+
+def _exporter_without_write_access(workdir, out, cache) -> subprocess.Popen:
+    """``EXPORT_TWICE`` in a process that file modes bind: as root, one without the
+    capabilities that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)."""
+    argv = [sys.executable, "-c", EXPORT_TWICE, str(workdir), str(out)]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *argv]
+    pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(argv, env=subprocess_env(cache), text=True, **pipes)
+
+
+def test_a_read_only_run_folder_is_read_under_its_lock(run, tmp_path):
+    """A copy of the finished run, every file and folder made read-only: refused while a
+    training run holds its lock (taken before the chmod), naming it, nothing written; then the
+    same files as an export from the writable folder."""
+    workdir, _ = run
+    frozen = tmp_path / "frozen"
+    shutil.copytree(workdir, frozen)
+    want = export_run(workdir, tmp_path / "want", mesh=parallel.make_mesh(1, 1, jax.devices()[:1]))
+    out = tmp_path / "out"
+    paths = [frozen, *frozen.rglob("*")]
+    try:
+        with held(frozen) as holder:
+            for path in paths:
+                path.chmod(path.stat().st_mode & ~0o222)
+            proc = _exporter_without_write_access(frozen, out, tmp_path / "xla_cache")
+            refused = proc.stdout.readline().strip()
+            assert not out.exists()
+        printed, err = proc.communicate("\n", timeout=300)  # "wrote OUT", then the status
+    finally:
+        for path in paths:
+            path.chmod(path.stat().st_mode | 0o200)
+    assert (refused, printed.split()[-1]) == ("2", "0"), err
+    error = [line for line in err.splitlines() if line.startswith("jaxrank: error:")]
+    assert len(error) == 1 and f"is in use by process {holder.pid}" in error[0], err
+    for name in ("model.safetensors", "config.json"):
+        assert (out / name).read_bytes() == (want / name).read_bytes()
