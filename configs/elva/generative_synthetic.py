@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
             "image_size": 32,  # inputs' images are resized to this square
             "summary_tokens": 8,  # the summary's cap; [RET] follows
             "tiny": tiny_sizes(vocab_size=512, width=64, depth=2, mlp_dim=128),
+            # models.layer_stack: True stacks the layers for one compiled copy (configs/elva/
+            # mbeir.py), and recomputes each layer's activations in the backward pass
+            "scan_layers": False,
+            "remat": False,
         }
     )
     # "language-model": adapters on every linear of the language model, the vision tower frozen.

@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
             "train_prompt": "generic",
             "eval_prompt": "generic",
             "tiny": tiny_sizes(vocab_size=512),
+            # models.layer_stack: True stacks the layers for one compiled copy (configs/rar/
+            # fewshot.py), and recomputes each layer's activations in the backward pass
+            "scan_layers": False,
+            "remat": False,
         }
     )
     c.finetune = ml_collections.ConfigDict(

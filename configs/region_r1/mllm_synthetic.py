@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
             "short_system_prompt": True,
             "temperature": 1.0,
             "tiny": tiny_sizes(),  # 96 px -> 12 x 12 patches -> 6 x 6 image tokens
+            # models.layer_stack: True stacks the layers for one compiled copy (configs/
+            # region_r1/evqa.py), and recomputes each layer's activations in the backward pass
+            "scan_layers": False,
+            "remat": False,
         }
     )
     # "" warm-starts in <workdir>; a finished run's workdir lends its policy_base and sft stages.
