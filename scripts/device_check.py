@@ -400,7 +400,8 @@ def rgrpo_step(tiny: bool, out: Record) -> None:
         fn, args = programs.program(name, b)
         args = materialize(args, bounds | {"decision": 2}, 10)
         start = time.perf_counter()
-        compiled = fn.lower(*args).compile()
+        with jax.set_mesh(mesh):  # the judge gathers the pools from the mesh's KB shards
+            compiled = fn.lower(*args).compile()
         row: dict[str, Any] = {"compile_s": time.perf_counter() - start}
         with contextlib.suppress(Exception):  # not every backend reports memory
             m = compiled.memory_analysis()
@@ -411,7 +412,8 @@ def rgrpo_step(tiny: bool, out: Record) -> None:
                 + m.temp_size_in_bytes
             )
         trips = setting.new_tokens if name == "sampler" else 1
-        row["matmul_flops"] = flop_count.matmul_flops(fn, *args, while_trips=trips)
+        with jax.set_mesh(mesh):
+            row["matmul_flops"] = flop_count.matmul_flops(fn, *args, while_trips=trips)
         if name == "update":  # the state is donated: each call takes the last call's
             holder = {"state": args[0]}
 

@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.scorer_checkpoint = "openai/clip-vit-large-patch14-336"  # the paper: EVA-CLIP-8B, fp16
     c.scorer_dtype = "bfloat16"
+    # The index's embeddings split by rows over every chip, pools gathered in a shard_map
+    # (region_r1/kb_rows.py): 1/devices of the 2M x 768 float32 table per chip, not 5.7 GiB.
+    c.kb_layout = "sharded"  # or "replicated"
     c.policy.checkpoint = "Qwen/Qwen2.5-VL-3B-Instruct"
     c.policy.dtype = "bfloat16"
     # One compiled layer per tower (weights stacked on load) and activations recomputed in the

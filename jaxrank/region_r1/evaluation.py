@@ -30,6 +30,7 @@ from jaxrank import metrics, retrieval_eval
 from jaxrank.data.gallery import render_gallery
 from jaxrank.region_r1 import baselines, rerank
 from jaxrank.region_r1.action import FULL, REGION, bins_to_boxes, mode, sample_boxes
+from jaxrank.region_r1.kb_rows import kb_layout, pool_rows
 from jaxrank.rl.sampling import sample_decisions
 from jaxrank.train import report
 
@@ -104,7 +105,7 @@ def make_evaluator(cfg, policy_actions: PolicyActions, scorer):
         policy_decisions, policy_boxes = policy_actions(policies, batch, keys)
         decisions = jnp.concatenate([base_decisions, policy_decisions], axis=1)
         boxes = jnp.concatenate([base_boxes, policy_boxes.astype(jnp.float32)], axis=1)
-        pool = frozen["kb"][batch["pool_ids"]]
+        pool = pool_rows(frozen["kb"], batch["pool_ids"], kb_layout(cfg))
         scored = rerank.score_actions(
             lambda pixels: scorer.embed(frozen["scorer"], pixels),
             batch["images"],

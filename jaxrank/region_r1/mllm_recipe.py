@@ -28,6 +28,7 @@ from jaxrank import parallel
 from jaxrank.configs import ConfigError
 from jaxrank.data.arrays import array_batches
 from jaxrank.region_r1 import benchmark, crop_tool, evaluation, mllm_evaluation
+from jaxrank.region_r1.kb_rows import kb_layout, place_kb
 from jaxrank.region_r1.mllm_policy import (
     BASE_DIR,
     CropPolicyBase,
@@ -165,7 +166,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     sft_seconds = time.perf_counter() - sft_started
     graphdef, adapters, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
     # The reference policy is the base itself (adapters off), so frozen holds no "ref".
-    kb = parallel.put_replicated(scorer.kb, mesh)
+    kb = place_kb(np.asarray(scorer.kb), mesh, kb_layout(cfg))
     frozen = {"kb": kb, "scorer": scorer.params, "base": rest}
     # The device reader of the policy's completions, for the step and the evaluation.
     reader = ToolReader.from_tokenizer(

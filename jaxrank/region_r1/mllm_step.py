@@ -25,6 +25,7 @@ import ml_collections
 import optax
 
 from jaxrank.region_r1 import crop_tool, r_grpo, tool_reader
+from jaxrank.region_r1.kb_rows import kb_layout, pool_rows
 from jaxrank.region_r1.mllm_policy import CropPolicyBase
 from jaxrank.region_r1.mllm_rollout import SPARES, balanced_completions, opening_table
 from jaxrank.region_r1.mllm_scoring import full_image_scores, score_region_crops
@@ -58,11 +59,13 @@ def crop_capacity(cfg: ml_collections.ConfigDict, actions: int) -> int:
 
 def make_judge(cfg: ml_collections.ConfigDict, scorer, config: r_grpo.RegionGRPOConfig):
     """``judge(decision [B, G], boxes [B, G, 4], batch, frozen) -> (advantages, metrics)``:
-    the crops re-rank the pools, then the reward, the advantages and the logged metrics."""
+    the crops re-rank the pools, then the reward, the advantages and the logged metrics.
+    ``frozen["kb"]`` is laid out as ``kb_rows.kb_layout(cfg)`` says."""
+    layout = kb_layout(cfg)
 
     def judge(decision, boxes, batch, frozen):
         embed = lambda pixels: scorer.embed(frozen["scorer"], pixels)
-        pool = frozen["kb"][batch["pool_ids"]]
+        pool = pool_rows(frozen["kb"], batch["pool_ids"], layout)
         images, size, view = batch["images"], scorer.input_size, config.reward.crop_view
         base = batch.get("pool_scores")
         if base is None or view != "stretch":  # the first stage saw the "stretch" view

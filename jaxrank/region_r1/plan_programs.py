@@ -32,6 +32,7 @@ from jaxrank.models.vlm import VisionLanguageModel
 from jaxrank.perf.memory import tree_bytes
 from jaxrank.perf.plan import abstract, rows
 from jaxrank.region_r1 import r_grpo
+from jaxrank.region_r1.kb_rows import kb_layout, kb_sharding, padded_rows
 from jaxrank.region_r1.plan_setting import Setting
 from jaxrank.rl.sampler import SamplingSettings
 from jaxrank.rl.token_grpo import make_token_grpo_loss
@@ -67,8 +68,9 @@ class Programs:
         self.state = self._train_state()
         scorer_graphdef, scorer_params = nnx.split(scorer, nnx.Param)
         self.scorer_graphdef, self.scorer = scorer_graphdef, abstract(scorer_params, mesh)
-        kb_shape = (max(s.kb_rows, 1), s.scorer.embed_dim)
-        self.kb = jax.ShapeDtypeStruct(kb_shape, jnp.float32, sharding=parallel.replicated(mesh))
+        layout = kb_layout(cfg)
+        kb_shape = (padded_rows(max(s.kb_rows, 1), mesh, layout), s.scorer.embed_dim)
+        self.kb = jax.ShapeDtypeStruct(kb_shape, jnp.float32, sharding=kb_sharding(mesh, layout))
 
     def _train_state(self) -> TrainState:
         """The abstract train state on the shardings ``TrainState.create`` gives the adapters'
@@ -85,7 +87,8 @@ class Programs:
 
     def resident(self) -> dict[str, int]:
         """Bytes per device that every program finds in memory: the policy's base weights,
-        the train state (adapters, AdamW moments), the scorer and the knowledge base."""
+        the train state (adapters, AdamW moments), the scorer and the knowledge base (all of
+        it, or 1/devices of its rows: ``kb_layout``)."""
         return {
             "policy_base": tree_bytes(self.base),
             "train_state": tree_bytes(self.state),
@@ -137,7 +140,8 @@ class Programs:
         def embed(params, pixels):
             return nnx.merge(graphdef, params).encode_image(inputs.normalize(pixels))
 
-        judge = jax.jit(r_grpo.make_judge(embed, r_grpo.grpo_config(self.cfg), size))
+        judge = r_grpo.make_judge(embed, r_grpo.grpo_config(self.cfg), size, kb_layout(self.cfg))
+        judge = jax.jit(judge)
         batch = {
             "images": rows(self.mesh, (n, s.image_size, s.image_size, 3), jnp.uint8),
             "pool_ids": rows(self.mesh, (n, s.pool), jnp.int32),

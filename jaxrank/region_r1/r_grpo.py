@@ -32,6 +32,7 @@ from jaxrank.region_r1.action import (
     log_prob,
     sample_boxes,
 )
+from jaxrank.region_r1.kb_rows import pool_rows
 from jaxrank.region_r1.reward import RegionR1RewardConfig, region_r1_rewards
 from jaxrank.rl.grpo import (
     GRPOConfig,
@@ -290,15 +291,16 @@ def grpo_config(cfg: ml_collections.ConfigDict) -> RegionGRPOConfig:
 
 
 def make_judge(
-    scorer: ScorerFn, config: RegionGRPOConfig, scorer_size: int
+    scorer: ScorerFn, config: RegionGRPOConfig, scorer_size: int, kb_layout: str = "replicated"
 ) -> Callable[[jax.Array, jax.Array, dict, dict], tuple[jax.Array, dict[str, jax.Array]]]:
     """``judge(decision [B, G], pixel boxes [B, G, 4], batch, frozen) -> (advantages, metrics)``:
     the rollout's score and judge stages for a policy that writes pixel boxes itself (the
-    vision-language policy): crop every action, re-rank the pools, reward, advantage, log."""
+    vision-language policy): crop every action, re-rank the pools, reward, advantage, log.
+    ``frozen["kb"]`` is laid out as ``kb_layout`` says (``kb_rows``)."""
 
     def judge_actions(decision, boxes, batch, frozen):
         embed = lambda pixels: scorer(frozen["scorer"], pixels)
-        pool = frozen["kb"][batch["pool_ids"]]
+        pool = pool_rows(frozen["kb"], batch["pool_ids"], kb_layout)
         scored = rerank.score_actions(
             embed, batch["images"], decision, boxes, pool, scorer_size, config.reward.crop_view
         )
