@@ -40,10 +40,14 @@ def _batch_arguments(programs: Programs, name: str, b: int) -> int:
     return tree_bytes(args) - tree_bytes(resident)
 
 
-def _analytic(programs: Programs, name: str, b: int, model: int = 1, data: int | None = None):
+def _analytic(
+    programs: Programs, name: str, b: int, model: int | None = None, data: int | None = None
+):
+    """The analytic ``Estimate`` on a ``data`` x ``model`` mesh (default: the programs' own)."""
     s = programs.setting
     arguments = dict(programs.persistent_arguments(name))
     arguments["batch"] = _batch_arguments(programs, name, b)
+    model = model or programs.mesh.shape[parallel.MODEL]
     return estimate(s, name, b, data or programs.data, arguments, model)
 
 

@@ -11,10 +11,13 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
+from jaxrank import parallel
 from jaxrank.cli.main import main
 from jaxrank.configs import load_config_file
 from jaxrank.perf import memory, plan
-from jaxrank.region_r1.plan import plan_setting
+from jaxrank.region_r1.plan import analytic_step_peak, plan_setting, resident_on
+from jaxrank.region_r1.plan_programs import Programs
+from jaxrank.region_r1.plan_setting import read_setting
 
 EVQA = "configs/region_r1/evqa.py"
 TOLERANCE = 0.15  # analytic peak within 15% of XLA's, per program (docs/SCALING.md)
@@ -130,3 +133,20 @@ def test_plan_command_answers_from_the_analytic_model_alone(tmp_path, capsys):
     assert "analytic peak" in printed and "XLA" not in printed
     result = json.loads(out.read_text())
     assert result["command"]["analytic"] and "xla_peak" not in result["step"]
+
+
+def test_a_model_split_mesh_is_planned_as_the_mesh_recommendation_counts_it():
+    """A config whose mesh splits ``model`` gets the figures ``recommend_mesh`` computes for
+    that mesh from the shipped 8 x 1 one (the own-mesh plan once took ``model`` as 1)."""
+    cfg = load_config_file(EVQA)
+    cfg.mesh.data, cfg.mesh.model = 4, 2
+    split = plan_setting(cfg, [], depth=2, dtype="float32", compile_programs=False)
+    shipped = load_config_file(EVQA)
+    mesh = parallel.mesh_from_config(shipped.mesh)
+    programs = Programs(shipped, read_setting(shipped, 2, "float32"), mesh)
+    resident = resident_on(programs, 4, 2)
+    expected = analytic_step_peak(programs, 8, resident, data=4, model=2)
+    assert split["per_device_batch"] == 8
+    # within 5 MB: the small AdamW moments' layout on 4 x 2 is read from its own compiled
+    # program, resident_on's from the 8 x 1 one (taking model as 1 overstated it by 60%)
+    assert split["step"]["analytic_peak"] == pytest.approx(expected, rel=1e-3)
