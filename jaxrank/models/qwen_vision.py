@@ -11,7 +11,9 @@ Attention never crosses an image (nor a video frame). The grids ``(t, h, w)`` (i
 from the image processor on the host, so they are static here: positions, which tokens share an
 image or a window, and the gathers that group them are numpy constants computed at trace time.
 Attention then runs per group ([groups, longest group, ...], padding masked), so its cost grows
-with the group sizes, not with the total number of tokens squared.
+with the group sizes, not with the total number of tokens squared. Images that share one grid
+(a training batch) run on a leading image axis with one image's groups, which ``jax.jit``
+splits over the batch's devices; gathers over every image of the batch would not be split.
 """
 
 from __future__ import annotations
@@ -209,28 +211,31 @@ class VisionAttention(nnx.Module):
             self.proj = _linear(width, width, ROW_PARALLEL, dtypes, rngs)
 
     def __call__(self, x: jax.Array, rotary: tuple[jax.Array, jax.Array], group: Groups):
-        """``x`` [N, W]; ``rotary`` cos, sin [N, head_dim]; tokens attend within ``group``."""
+        """``x`` [U, N, W]: U units of N tokens each (``QwenVisionTower``); ``rotary`` cos, sin
+        [N, head_dim]; each unit's tokens attend within ``group`` (the same for every unit)."""
         heads, head_dim = self.config.heads, self.config.head_dim
         cos, sin = (table[None] for table in rotary)
 
         def split(y: jax.Array) -> jax.Array:
-            return y.reshape(-1, heads, head_dim)
+            return y.reshape(*y.shape[:-1], heads, head_dim)
 
         def rotate(y: jax.Array) -> jax.Array:
-            return apply_rotary(y.astype(jnp.float32)[None], cos, sin)[0].astype(y.dtype)
+            return apply_rotary(y.astype(jnp.float32), cos, sin).astype(y.dtype)
 
-        def grouped(y: jax.Array) -> jax.Array:  # [N, H, D] -> [G, H, L, D]
-            return y[group.index].swapaxes(1, 2)
+        def grouped(y: jax.Array) -> jax.Array:  # [U, N, H, D] -> [U, G, H, L, D]
+            return y[:, group.index].swapaxes(2, 3)
 
         q = grouped(rotate(split(self.q_proj(x))))
         k = grouped(rotate(split(self.k_proj(x))))
         v = grouped(split(self.v_proj(x)))
-        logits = jnp.einsum("ghqd,ghkd->ghqk", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("ughqd,ughkd->ughqk", q, k, preferred_element_type=jnp.float32)
         logits = logits * head_dim**-0.5
-        logits = jnp.where(group.valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        valid = group.valid[None, :, None, None, :]
+        logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("ghqk,ghkd->gqhd", weights, v)
-        return self.proj(out.reshape(-1, heads * head_dim)[group.inverse])
+        out = jnp.einsum("ughqk,ughkd->ugqhd", weights, v)
+        out = out.reshape(out.shape[0], -1, heads * head_dim)[:, group.inverse]
+        return self.proj(out)
 
 
 class GatedMLP(nnx.Module):
@@ -328,14 +333,18 @@ class QwenVisionTower(nnx.Module):
                 f"patches must be [{tokens}, {c.patch_dim}] for grids {grids} "
                 f"(sum of t*h*w, channels*temporal_patch_size*patch_size**2); got {patches.shape}"
             )
+        # Images of one grid (a training step's fixed shapes) run as units on a leading axis,
+        # whose groups are the same in every unit, so the partitioner splits the images over
+        # the batch's devices; mixed grids are one unit whose groups span every image.
+        unit, units = (grids[:1], len(grids)) if len(set(grids)) == 1 else (grids, 1)
         layout = token_layout(
-            grids, c.spatial_merge_size, None if c.window_size is None else c.window_units
+            unit, c.spatial_merge_size, None if c.window_size is None else c.window_units
         )
         images = groups(layout.frames)
         windows = images if layout.windows is None else groups(layout.windows)
         rotary = rotary_tables(layout.positions, c.head_dim, c.rope_theta)
         kernel = self.patch_embed[...].reshape(c.patch_dim, c.width).astype(self.dtype)
-        x = patches.astype(self.dtype) @ kernel
+        x = (patches.astype(self.dtype) @ kernel).reshape(units, -1, c.width)
         full = [layer in c.fullatt_block_indexes for layer in range(c.depth)]
 
         def body(block, x, whole_image):

@@ -99,6 +99,15 @@ def _frames_batch(folder):
     return patches.astype(np.float32), grids
 
 
+def _same_grid_batch(folder):
+    """Random patches of three images of one grid: the tower's leading-image-axis path."""
+    grids = ((1, 6, 8),) * 3
+    vision = transformers.AutoConfig.from_pretrained(folder).vision_config
+    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    patches = np.random.default_rng(1).normal(size=(sum(np.prod(grids, axis=1)), width))
+    return patches.astype(np.float32), grids
+
+
 def _reference(model, patches, grids) -> np.ndarray:
     with torch.no_grad():
         out = model.model.visual(torch.tensor(patches), grid_thw=torch.tensor(grids))
@@ -113,7 +122,9 @@ def _tokens(tower, patches, grids) -> np.ndarray:
     return np.asarray(_apply(tower, jnp.asarray(patches), grids))
 
 
-@pytest.mark.parametrize("batch", [_photo_batch, _frames_batch], ids=["photos", "frames"])
+@pytest.mark.parametrize(
+    "batch", [_photo_batch, _frames_batch, _same_grid_batch], ids=["photos", "frames", "same grid"]
+)
 def test_tower_matches_transformers(checkpoint, batch):
     folder, reference = checkpoint
     patches, grids = batch(folder)
