@@ -16,14 +16,13 @@ the default is OpenAI's CLIP ViT-L/14 at 336 px). `scripts/reproduce.sh region_r
 what is missing. The synthetic CPU demonstration is configs/region_r1/mllm_synthetic.py.
 
 Where it fits (`jaxrank plan --config configs/region_r1/evqa.py --analytic`; docs/SCALING.md):
-at the real depth the analytic model puts the step at 23.5 GiB a device with 4 queries per
-device, so it fits 8 chips of TPU v4 or v6e (a v4-16 or v6e-8 slice, 32 GiB: 8.5 GiB to
+at the real depth the analytic model puts the step at 18.5 GiB a device with 4 queries per
+device, so it fits 8 chips of TPU v4 or v6e (a v4-16 or v6e-8 slice, 32 GiB: 13.5 GiB to
 spare), v5p or H100. On v5e (16 GiB) 9.4 GiB stay resident (the policy's weights 7.0, the
-scorer 1.6, the knowledge base, split over the chips by kb_layout, 0.7): 8 chips hold 1 query
-each (13.4 GiB), or the paper's 32 queries as a 4 x 2 mesh (--config.mesh.data=4
---config.mesh.model=2: 15.7 GiB, too thin a margin to promise); more chips do not help, as
-the policy's vision tower runs on the global batch on every device. XLA's compiled programs
-check the model at 2 layers.
+scorer 1.6, the knowledge base, split over the chips by kb_layout, 0.7): the model puts the
+paper's 32 queries on 8 chips as a 4 x 2 mesh (--config.mesh.data=4 --config.mesh.model=2)
+at 14.6 GiB and 1 query per chip at 12.1, but it undercounts XLA's update by about 2.9 GB at
+2 layers, so no v5e setting is promised. XLA's compiled programs check the model at 2 layers.
 """
 
 from pathlib import Path

@@ -40,15 +40,14 @@ def _batch_arguments(programs: Programs, name: str, b: int) -> int:
     return tree_bytes(args) - tree_bytes(resident)
 
 
-def _analytic(
-    programs: Programs, name: str, b: int, model: int | None = None, data: int | None = None
-):
-    """The analytic ``Estimate`` on a ``data`` x ``model`` mesh (default: the programs' own)."""
+def _analytic(programs: Programs, name: str, b: int, model: int | None = None):
+    """The analytic ``Estimate`` with ``model`` devices splitting the weights (default: the
+    programs' mesh's)."""
     s = programs.setting
     arguments = dict(programs.persistent_arguments(name))
     arguments["batch"] = _batch_arguments(programs, name, b)
     model = model or programs.mesh.shape[parallel.MODEL]
-    return estimate(s, name, b, data or programs.data, arguments, model)
+    return estimate(s, name, b, arguments, model)
 
 
 def _transient_analytic(programs: Programs, name: str, b: int, **mesh: int) -> float:
@@ -97,7 +96,7 @@ def recommend_mesh(programs: Programs, chips: int, capacity: float) -> dict[str,
         if chips % model or batch % data:
             continue
         resident = resident_on(programs, data, model)
-        peak = analytic_step_peak(programs, batch // data, resident, data=data, model=model)
+        peak = analytic_step_peak(programs, batch // data, resident, model=model)
         if peak <= capacity:
             return {"data": data, "model": model}
     return None

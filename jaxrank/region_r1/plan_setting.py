@@ -2,11 +2,10 @@
 model of its three programs per device (``perf/memory.py``'s terms): the token-level r-GRPO
 update, the sampler, and the scorer's judge.
 
-Two facts of the code shape the model (both measured in XLA's buffers, docs/SCALING.md):
-- the policy's vision tower runs on every query of the *global* batch on every device (its
-  attention groups are gathers by constant indices over all images, which the partitioner does
-  not split over ``data``), so its terms grow with ``data`` devices, not only the per-chip batch;
-- the knowledge base's embeddings are replicated on every device (``mllm_recipe``).
+The policy's vision tower runs on each device's own images (its images share one grid, so
+their attention groups sit on a leading image axis the partitioner splits over ``data``;
+docs/SCALING.md), so every term follows the per-chip batch; the knowledge base's bytes are the
+arguments' (``kb_layout``: replicated, or split over the devices).
 """
 
 from __future__ import annotations
@@ -165,16 +164,16 @@ def _stack_terms(
     return {f"{name}_layer_inputs": layer_input * len(saved)}, {f"{name}_layer": running}
 
 
-def update_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[str, float]:
-    """The r-GRPO update's temporaries for ``b`` queries per device on a ``data`` x ``model``
-    mesh. Kept through the step: the policy's saved activations (prompt once, the G completions
-    over its repeated cache; only each layer's input when rematerialised), the vision tower's
-    (global batch), the KV caches it reads back and, in a scanned decoder, what XLA hoists out
-    of the layer loop (the attention mask broadcast to every head, float32 and boolean; the
-    counters of the LoRA dropout's threefry bits, two 32-bit words per element of the widest
-    inputs, the same in every layer). On top,
-    the largest of the phases that follow one another: the logits (``_update_logits``) and,
-    per rematerialised tower, one layer running (``memory.running_layer_bytes``).
+def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
+    """The r-GRPO update's temporaries for ``b`` queries per device, weights split over
+    ``model``. Kept through the step: the policy's saved activations (prompt once, the G
+    completions over its repeated cache; only each layer's input when rematerialised), the
+    vision tower's (the device's b images), the KV caches it reads back and, in a scanned
+    decoder, what XLA hoists out of the layer loop (the attention mask broadcast to every head,
+    float32 and boolean; the counters of the LoRA dropout's threefry bits, two 32-bit words per
+    element of the widest inputs, the same in every layer). On top, the largest of the phases
+    that follow one another: the logits (``_update_logits``) and, per rematerialised tower, one
+    layer running (``memory.running_layer_bytes``).
     ``model`` > 1 divides the head- and MLP-split terms, not the replicated vocabulary."""
     e, lm, v = s.dtype.itemsize, s.policy.lm, s.policy.vision
     rows = b * s.group
@@ -185,8 +184,8 @@ def update_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[st
     running = memory.running_layer_bytes(decoder, tokens, triples, e)
     kept, phases = _stack_terms("decoder", saved, running, tokens * lm.width * e, lm.stacking.remat)
     vision = _vision_layer(s)
-    images_tokens = b * data * s.patches
-    triples_by_layer = _vision_triples(s, b * data)
+    images_tokens = b * s.patches
+    triples_by_layer = _vision_triples(s, b)
     vision_saved = [
         memory.saved_activation_bytes(vision, images_tokens, t, e) for t in triples_by_layer
     ]
@@ -211,17 +210,17 @@ def update_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[st
     return {**kept, widest: phases[widest]}
 
 
-def sampler_temporaries(s: Setting, b: int, data: int, model: int = 1) -> dict[str, float]:
+def sampler_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     """The sampler's temporaries: the prompt's KV cache and its G-fold repeat (both live while
     it is copied), the widest live layer (a prefill layer over the prompts, or a vision block
-    over the global batch's images) and one decode step's float32 logits."""
+    over the device's images) and one decode step's float32 logits."""
     e, lm = s.dtype.itemsize, s.policy.lm
     rows = b * s.group
     prompt_tokens = b * s.prompt_length
     prefill = memory.live_layer_bytes(
         _decoder_layer(s), prompt_tokens, prompt_tokens * s.slots * lm.heads, e, lm.stacking.scan
     )
-    images, scanned = b * data, s.policy.vision.stacking.scan
+    images, scanned = b, s.policy.vision.stacking.scan
     vision = max(
         memory.live_layer_bytes(_vision_layer(s), images * s.patches, t, e, scanned)
         for t in _vision_triples(s, images)
@@ -249,14 +248,14 @@ def judge_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
 
 
 def estimate(
-    s: Setting, program: str, b: int, data: int, arguments: dict[str, float], model: int = 1
+    s: Setting, program: str, b: int, arguments: dict[str, float], model: int = 1
 ) -> Estimate:
     """The analytic ``Estimate`` of ``program`` ("update", "sampler" or "judge") with its
     ``arguments`` bytes per device (exact, from the abstract arrays)."""
     if program == "update":
-        temporaries = update_temporaries(s, b, data, model)
+        temporaries = update_temporaries(s, b, model)
     elif program == "sampler":
-        temporaries = sampler_temporaries(s, b, data, model)
+        temporaries = sampler_temporaries(s, b, model)
     else:
         temporaries = judge_temporaries(s, b, model)
     return Estimate(arguments, temporaries)
