@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from jaxrank.region_r1 import crop_tool
+from jaxrank.region_r1.tool_reader import ToolReader
 from jaxrank.vlm.base import VLMBase, load_model_and_inputs
 
 BASE_DIR = "policy_base"  # the tiny policy's tokenizer and image processor, in the workdir
@@ -51,6 +52,12 @@ class CropPolicyBase(VLMBase):
         """The batch of the queries' conversations (``VLMBase.encode``)."""
         return self.encode(
             [crop_tool.conversation(q, self.system_prompt) for q in questions], images
+        )
+
+    def tool_reader(self) -> ToolReader:
+        """The device reader of this policy's completions (its tokenizer, its vocabulary)."""
+        return ToolReader.from_tokenizer(
+            self.inputs.tokenizer, self.model.language_model.config.vocab_size
         )
 
     def read(self, tokens: np.ndarray, mask: np.ndarray, original_size: tuple[int, int]):

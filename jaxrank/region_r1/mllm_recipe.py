@@ -37,7 +37,6 @@ from jaxrank.region_r1.mllm_policy import (
 )
 from jaxrank.region_r1.mllm_step import BATCH_KEYS, make_step
 from jaxrank.region_r1.scorer import Scorer, query_set
-from jaxrank.region_r1.tool_reader import ToolReader
 from jaxrank.train.checkpoint import Checkpointer
 from jaxrank.train.stage import Stage, supervised
 from jaxrank.train.workdir import WorkdirError, prepare_workdir
@@ -169,9 +168,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | Path) -> d
     kb = place_kb(np.asarray(scorer.kb), mesh, kb_layout(cfg))
     frozen = {"kb": kb, "scorer": scorer.params, "base": rest}
     # The device reader of the policy's completions, for the step and the evaluation.
-    reader = ToolReader.from_tokenizer(
-        base.inputs.tokenizer, base.model.language_model.config.vocab_size
-    )
+    reader = base.tool_reader()
     step = make_step(cfg, base, graphdef, scorer, reader)
     stage = Stage(cfg.train, workdir, adapters, step, seed=cfg.seed, mesh=mesh, frozen=frozen)
     train_started = time.perf_counter()

@@ -150,9 +150,7 @@ def make_step(
     """The step factory ``train.stage.Stage`` takes (``stage.with_rollout``): one rollout with
     the pre-update adapters, then ``rl.updates_per_batch`` token-level r-GRPO updates."""
     rl = r_grpo.grpo_config(cfg)
-    reader = reader or tool_reader.ToolReader.from_tokenizer(
-        base.inputs.tokenizer, base.model.language_model.config.vocab_size
-    )
+    reader = reader or base.tool_reader()
     settings = sampling_settings(cfg, base, greedy=False)
     log_probs = completion_log_probs_fn(
         base.grid,
