@@ -118,6 +118,24 @@ def contrastive_batch(source, embedder: Embedder):
     return lambda batch: embedder.batch(source.contrastive_rows(batch["index"]), True)
 
 
+def contrastive_step(cfg, graphdef, base: RetEmbedderBase, adapters: bool):
+    """The contrastive stage's step for ``Stage``: the model's own greedy summaries (the
+    rollout, pre-update weights), then InfoNCE at their ``[RET]`` (the planner compiles it
+    too)."""
+    section = cfg.contrastive
+    loss = ret_contrastive_loss(
+        graphdef,
+        base.grid,
+        base.ret_id,
+        section.temperature,
+        section.summary_weight,
+        adapters=adapters,
+    )
+    settings = base.ret_sampling(cfg.embedder.summary_tokens, section.sampling_temperature)
+    rollout = own_summaries(graphdef, base.grid, settings, base.ret_id, adapters=adapters)
+    return with_rollout(loss, rollout, 1)
+
+
 def contrastive_stage(cfg, workdir: Path, source, embedder: Embedder, model) -> tuple:
     """The contrastive model ``(graphdef, params)``, trained (or resumed) in
     ``contrastive_workdir`` (default ``<workdir>/contrastive``; RL runs of one seed may share
@@ -131,18 +149,7 @@ def contrastive_stage(cfg, workdir: Path, source, embedder: Embedder, model) -> 
     rest = None
     if adapters:
         graphdef, params, rest = with_adapters(cfg.lora, graphdef, params, cfg.seed)
-    base = embedder.base
-    loss = ret_contrastive_loss(
-        graphdef,
-        base.grid,
-        base.ret_id,
-        section.temperature,
-        section.summary_weight,
-        adapters=adapters,
-    )
-    settings = base.ret_sampling(cfg.embedder.summary_tokens, section.sampling_temperature)
-    rollout = own_summaries(graphdef, base.grid, settings, base.ret_id, adapters=adapters)
-    step = with_rollout(loss, rollout, 1)
+    step = contrastive_step(cfg, graphdef, embedder.base, adapters)
     shared = cfg.get("contrastive_workdir", "")
     directory = Path(shared) if shared else workdir / CONTRASTIVE_DIR
     stage = Stage(section, directory, params, step, seed=cfg.seed, mesh=embedder.mesh, frozen=rest)
