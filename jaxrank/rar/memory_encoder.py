@@ -39,9 +39,11 @@ def memory_embedder(memory: ml_collections.ConfigDict) -> Embed:
     pretrained = load_pretrained(memory.encoder, tower="image", dtype=memory.dtype)
     preprocess = pretrained.image_preprocessor()
     graphdef, params = nnx.split(pretrained.model)
-
-    @jax.jit
-    def tower(params, pixels):
-        return nnx.merge(graphdef, params)(pixels)  # an ImageEncoder: unit rows
-
+    tower = image_tower(graphdef)
     return lambda images: np.asarray(tower(params, preprocess(list(images))))
+
+
+def image_tower(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:
+    """``tower(params, pixels) -> [B, D]`` unit rows, jitted: the image encoder's program (the
+    planner compiles this one, rar/plan_programs.py)."""
+    return jax.jit(lambda params, pixels: nnx.merge(graphdef, params)(pixels))
