@@ -196,6 +196,8 @@ class Programs:
         """The analytic model (``plan_setting``; the search's from ``search.planned``) with
         the resident trees it reads and its batch counted exactly."""
         trees = self.trees()
+        if name == "search":  # a cosine search reads no bias; XLA drops the argument
+            trees["class_memory"] = self.index["vectors"]
         arguments = {tree: float(tree_bytes(trees[tree])) for tree in READS[name]}
         arguments["batch"] = batch_arguments(self, name, b)
         s = self.setting
