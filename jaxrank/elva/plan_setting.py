@@ -203,7 +203,10 @@ def rl_step_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     (a forward over the repeated prompt cache). The GRPO update keeps each layer's input and
     the final states of the prompts and the completions, and the repeated KV caches of the
     policy's and the reference's passes; on top the widest of the completions' float32 logits
-    (three copies) and a layer's backward over the prompts or the completions."""
+    (three copies), a layer's backward over the prompts or the completions, and four more
+    copies of the repeated cache (each pass's cache with the completions' keys written in, and
+    the backward's cotangents of the policy's two; XLA:CPU's live set at full depth holds six
+    caches, at two layers the logits lead)."""
     lm, e = s.embedder.lm, s.dtype.itemsize
     prompts, new = b * s.pool, s.summary_tokens + 1
     rows, slots = prompts * s.group, s.prompt_length + new
@@ -224,6 +227,7 @@ def rl_step_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     update = {
         "decoder_layer_backward": (backward + layer_weight_bytes(s)) / model,
         "logits": memory.logits_bytes(completion_tokens, lm.vocab_size, copies=3),
+        "kv_cache_copies": 4 * _kv(s, rows, slots) / model,
     }
     widest = max(update, key=update.get)
     tail = forward_layer_bytes(layer, completion_tokens, completion_tokens * slots * lm.heads, e)
