@@ -19,6 +19,7 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
+from jaxrank import parallel
 from jaxrank.elva.plan_programs import Program, Programs
 from jaxrank.elva.plan_setting import SEARCH_DEPTH, TEMPORARIES, read_setting
 from jaxrank.perf.memory import Estimate, tree_bytes
@@ -29,7 +30,9 @@ from jaxrank.search.planned import search_temporaries
 class ELVASetting:
     """``perf.planner.PlannedSetting`` of an ELVA generative config."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, mesh: Mesh, depth=None, dtype=None):
+    def __init__(
+        self, cfg: ml_collections.ConfigDict, mesh: Mesh, depth: int | None, dtype: str | None
+    ):
         self.mesh = mesh
         self.setting = s = read_setting(cfg, depth, dtype)
         self.programs = Programs(cfg, s, mesh)
@@ -92,7 +95,7 @@ class ELVASetting:
         arguments = {k: tree_bytes(v) for k, v in read.items()}
         arguments["batch"] = batch_arguments(self, name, b)
         if name == "search":
-            queries = self.mesh.shape["data"] * b
+            queries = self.mesh.shape[parallel.DATA] * b
             temporaries = search_temporaries(self.mesh, self.programs.index, queries, SEARCH_DEPTH)
         else:
             temporaries = TEMPORARIES[name](self.setting, b, model)
