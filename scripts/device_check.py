@@ -333,9 +333,8 @@ def rgrpo_step(tiny: bool, out: Record) -> None:
 
     from jaxrank import parallel
     from jaxrank.configs import load_config_file
-    from jaxrank.perf import flop_count
+    from jaxrank.perf import flop_count, planner
     from jaxrank.perf import plan as perf_plan
-    from jaxrank.region_r1 import plan as r1_plan
     from jaxrank.region_r1.plan_programs import Programs
     from jaxrank.region_r1.plan_setting import read_setting
     from jaxrank.train.step import TrainState
@@ -359,12 +358,13 @@ def rgrpo_step(tiny: bool, out: Record) -> None:
 
     started = time.perf_counter()
     programs = Programs(cfg, setting, mesh)
-    resident = programs.resident()
-    fits = lambda n: r1_plan.analytic_step_peak(programs, n, resident)
+    step = programs.stages[0]
+    resident = planner.resident_bytes(programs, step.name)
+    fits = lambda n: planner.analytic_stage_peak(programs, step, n, resident, 1)
     largest = perf_plan.largest_batch(fits, capacity, limit=64)
     b = min(PAPER_QUERIES_PER_DEVICE, largest) or 1
     out.set(
-        setting=r1_plan._setting_summary(setting),
+        setting=programs.summary(),
         paper_queries_per_device=PAPER_QUERIES_PER_DEVICE,
         queries_per_device=b,
         device_memory_bytes=capacity,
@@ -374,7 +374,7 @@ def rgrpo_step(tiny: bool, out: Record) -> None:
             "step_peak_bytes": fits(b),
             "paper_step_peak_bytes": fits(PAPER_QUERIES_PER_DEVICE),
             "programs_peak_bytes": {
-                name: r1_plan._analytic(programs, name, b).peak for name in r1_plan.PROGRAMS
+                name: programs.estimate(name, b, 1).peak for name in step.programs
             },
             "time_model": predicted_seconds(setting, b, tflops, gbps),
             "build_s": time.perf_counter() - started,

@@ -19,5 +19,11 @@ if [ "$stamp_ok" = 0 ]; then
   "$root/.venv/bin/python" -m pip install -q --upgrade pip
   spec="$root"; [ -n "$extras" ] && spec="$root[$extras]"
   "$root/.venv/bin/python" -m pip install -q -e "$spec"
+  if [ "$extras" = test ]; then
+    # XLA's TPU compiler for the planner's tests, outside sys.path: JAX would try to start a
+    # TPU backend in every process that finds it importable (jaxrank/perf/tpu_target.py)
+    pin="$(grep -o 'libtpu==[0-9.]*' "$root/pyproject.toml" | head -1)"
+    "$root/.venv/bin/python" -m pip install -q --no-deps --upgrade --target "$root/.venv/libtpu" "$pin"
+  fi
   echo "$want" > "$stamp"
 fi

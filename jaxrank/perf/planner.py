@@ -128,10 +128,15 @@ def recommend_mesh(setting: PlannedSetting, chips: int, capacity: float) -> dict
     return None
 
 
-def _largest_compiled(setting: PlannedSetting, stage: Stage, guess: int, capacity: float):
-    """The largest batch whose compiled stage fits, searched below the analytic ``guess``
-    when that does not (bisection, one compile per probe); (batch, its peak)."""
-    peaks: dict[int, float] = {}
+def _largest_compiled(
+    setting: PlannedSetting, stage: Stage, known: dict[int, float], guess: int, capacity: float
+) -> tuple[int, float]:
+    """The largest batch whose compiled stage fits ``capacity``, and its compiled peak, with
+    few compiles (a TPU's take minutes): ``guess`` (the analytic largest) is compiled; when
+    it does not fit, a stage's peak being affine in the batch, the line through it and the
+    config's batch (``known``: batch -> compiled peak) names the next to try, one below each
+    time that still does not fit (at most three more)."""
+    peaks = dict(known)
 
     def peak_of(b: int) -> float:
         if b not in peaks:
@@ -140,8 +145,17 @@ def _largest_compiled(setting: PlannedSetting, stage: Stage, guess: int, capacit
 
     if peak_of(guess) <= capacity:
         return guess, peaks[guess]
-    largest = plan.largest_batch(peak_of, capacity, limit=guess - 1) if guess > 1 else 0
-    return largest, peaks.get(largest, 0.0)
+    [(b0, p0)] = known.items()
+    # through the origin when the config's batch is the guess: steeper, so a smaller try
+    slope = (peaks[guess] - p0) / (guess - b0) if guess != b0 else p0 / b0
+    b = min(guess - 1, int(b0 + (capacity - p0) // slope)) if slope > 0 else guess - 1
+    for _ in range(3):
+        if b < 1:
+            return 0, 0.0
+        if peak_of(b) <= capacity:
+            return b, peaks[b]
+        b -= 1
+    return 0, 0.0
 
 
 def _stage_verdict(
@@ -152,6 +166,8 @@ def _stage_verdict(
     compiled_peak: float | None,
     judge_by_xla: bool,
 ) -> dict[str, Any]:
+    """``stage``'s verdict on ``chip``: from the analytic model, or from the compiled peak
+    when ``judge_by_xla`` (then the largest batch is the compiled programs' too)."""
     capacity = plan.chip_memory(chip)
     model = setting.mesh.shape[parallel.MODEL]
     resident = resident_bytes(setting, stage.name)
@@ -164,8 +180,9 @@ def _stage_verdict(
     row["xla_fits"] = compiled_peak <= capacity
     if judge_by_xla:  # XLA's own figures for this chip: they decide
         row.update(plan.verdict(compiled_peak, chip), analytic_largest_batch=largest)
-        row["largest_batch"], at = (
-            _largest_compiled(setting, stage, largest, capacity) if largest else (0, 0.0)
+        b = per_device(stage, setting.mesh.shape[parallel.DATA])
+        row["largest_batch"], at = _largest_compiled(
+            setting, stage, {b: compiled_peak}, max(largest, 1), capacity
         )
     else:
         at = compiled_stage(setting, stage, largest)["peak"] if largest else 0.0

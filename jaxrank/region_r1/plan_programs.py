@@ -1,13 +1,16 @@
-"""The three jitted programs of one Region-R1 MLLM step (``mllm_step.GRPOStep``) built from
-abstract models on a mesh, with abstract arguments: nothing is allocated, so a 3B policy and a
-2M-page knowledge base compile on a laptop.
+"""Region-R1's published setting for the planner (``perf.planner.PlannedSetting``): the three
+jitted programs of one MLLM step (``mllm_step.GRPOStep``) and the first-stage search that builds
+the pools, from abstract models on a mesh with abstract arguments: nothing is allocated, so a
+3B policy and a 2M-page knowledge base compile on a laptop.
 
 - ``update``: ``train.step.make_train_step`` over ``rl.token_grpo``'s loss (per-token
   log-probs from ``vlm.programs``), the LoRA adapters and their AdamW state donated;
 - ``sampler``: ``vlm.programs.make_sampler``, G completions per query (prefill, then the decode
   loop over the KV cache);
 - ``judge``: ``r_grpo.make_judge``, the scorer's image tower on every crop and full image, the
-  pools' scores, rewards and advantages.
+  pools' scores, rewards and advantages;
+- ``search`` (stage ``retrieval``): the exact top-K pages of an evaluation batch's query
+  embeddings over the knowledge base (``search.planned``).
 
 The models are built inside ``jax.set_mesh`` under ``nnx.eval_shape``, so every parameter
 carries the sharding its module annotates, as ``models.hf``'s loaders place them.
@@ -15,7 +18,6 @@ carries the sharding its module annotates, as ``models.hf``'s loaders place them
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,24 +31,26 @@ from jaxrank.models.dual_encoder import DualEncoder
 from jaxrank.models.inputs import EncoderInputs
 from jaxrank.models.lora import apply_lora, split_lora
 from jaxrank.models.vlm import VisionLanguageModel
-from jaxrank.perf.memory import tree_bytes
+from jaxrank.perf.memory import Estimate, tree_bytes
 from jaxrank.perf.plan import abstract, rows
+from jaxrank.perf.planner import Program, Stage, batch_arguments
 from jaxrank.region_r1 import r_grpo
 from jaxrank.region_r1.kb_rows import kb_layout, kb_sharding, padded_rows
-from jaxrank.region_r1.plan_setting import Setting
+from jaxrank.region_r1.plan_setting import Setting, estimate
 from jaxrank.rl.sampler import SamplingSettings
 from jaxrank.rl.token_grpo import make_token_grpo_loss
+from jaxrank.search.planned import index_tree, search_program, search_temporaries
 from jaxrank.train.optim import adamw_warmup_cosine
 from jaxrank.train.step import TrainState, make_train_step
 from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
 
-Program = tuple[Callable, tuple[Any, ...]]
 EOS, PAD = 151645, 151643  # Qwen's <|im_end|> and <|endoftext|>; only their type matters here
 
 
 class Programs:
     """The setting's models as abstract arrays on ``mesh`` and its programs at any per-device
-    batch; ``resident`` is what stays on a device between programs."""
+    batch, in two stages: the r-GRPO step (``update``, ``sampler``, ``judge``) at the
+    training batch, and the first-stage search at the evaluation batch."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, setting: Setting, mesh: Mesh):
         self.setting, self.mesh, self.cfg = setting, mesh, cfg
@@ -71,6 +75,11 @@ class Programs:
         layout = kb_layout(cfg)
         kb_shape = (padded_rows(max(s.kb_rows, 1), mesh, layout), s.scorer.embed_dim)
         self.kb = jax.ShapeDtypeStruct(kb_shape, jnp.float32, sharding=kb_sharding(mesh, layout))
+        self.index = index_tree(mesh, max(s.kb_rows, 1), s.scorer.embed_dim, jnp.float32)
+        self.stages = (
+            Stage("step", ("update", "sampler", "judge"), s.batch),
+            Stage("retrieval", ("search",), s.eval_batch),
+        )
 
     def _train_state(self) -> TrainState:
         """The abstract train state on the shardings ``TrainState.create`` gives the adapters'
@@ -85,16 +94,26 @@ class Programs:
             shardings,
         )
 
-    def resident(self) -> dict[str, int]:
-        """Bytes per device that every program finds in memory: the policy's base weights,
+    def resident(self, stage: str) -> dict[str, Any]:
+        """What stays on a device through ``stage``: for the step, the policy's base weights,
         the train state (adapters, AdamW moments), the scorer and the knowledge base (all of
-        it, or 1/devices of its rows: ``kb_layout``)."""
+        it, or 1/devices of its rows: ``kb_layout``); for the retrieval, the search index."""
+        if stage == "retrieval":
+            return {"index": self.index}
         return {
-            "policy_base": tree_bytes(self.base),
-            "train_state": tree_bytes(self.state),
-            "scorer": tree_bytes(self.scorer),
-            "knowledge_base": tree_bytes(self.kb),
+            "policy_base": self.base,
+            "train_state": self.state,
+            "scorer": self.scorer,
+            "knowledge_base": self.kb,
         }
+
+    def resident_trees(self, name: str) -> list[Any]:
+        return {
+            "update": [self.state, self.base],
+            "sampler": [self.adapters, self.base],
+            "judge": [self.kb, self.scorer, self.base],
+            "search": [self.index],
+        }[name]
 
     def prompts(self, b: int) -> dict[str, jax.ShapeDtypeStruct]:
         s, n = self.setting, self.data * b
@@ -154,8 +173,14 @@ class Programs:
         frozen = {"kb": self.kb, "scorer": self.scorer, "base": self.base}
         return judge, (decision, boxes, batch, frozen)
 
+    def search(self, b: int) -> Program:
+        """The top pool-size pages of ``b`` queries per data shard (replicated: every device
+        scans its rows for all of them)."""
+        return search_program(self.mesh, self.index, self.data * b, self.setting.pool)
+
     def program(self, name: str, b: int) -> Program:
-        return {"update": self.update, "sampler": self.sampler, "judge": self.judge}[name](b)
+        programs = {"update": self.update, "sampler": self.sampler, "judge": self.judge}
+        return {**programs, "search": self.search}[name](b)
 
     def persistent_arguments(self, name: str) -> dict[str, int]:
         """The resident trees ``name`` reads, bytes per device (the judge reads the scorer's
@@ -164,5 +189,36 @@ class Programs:
             return {"policy_base": tree_bytes(self.base), "train_state": tree_bytes(self.state)}
         if name == "sampler":
             return {"policy_base": tree_bytes(self.base), "adapters": tree_bytes(self.adapters)}
+        if name == "search":
+            return {"index": tree_bytes(self.index)}
         image = {k: v for k, v in self.scorer.items() if k != "text"}
         return {"scorer_image_tower": tree_bytes(image), "knowledge_base": tree_bytes(self.kb)}
+
+    def estimate(self, name: str, b: int, model: int) -> Estimate:
+        """The analytic model (``plan_setting``; the search's from ``search.planned``) with
+        the arguments counted exactly."""
+        arguments = dict(self.persistent_arguments(name))
+        arguments["batch"] = batch_arguments(self, name, b)
+        if name == "search":
+            queries = self.data * b
+            return Estimate(
+                arguments, search_temporaries(self.mesh, self.index, queries, self.setting.pool)
+            )
+        return estimate(self.setting, name, b, arguments, model)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.setting
+        lm, v = s.policy.lm, s.policy.vision
+        return {
+            "policy": f"LM {lm.depth} x {lm.width} (MLP {lm.mlp_dim}, vocab {lm.vocab_size}); "
+            f"vision {v.depth} x {v.width}",
+            "scorer": f"ViT {s.scorer.vision.depth} x {s.scorer.vision.width} at "
+            f"{s.scorer.vision.image_size} px",
+            "dtype": s.dtype.name,
+            **{
+                k: getattr(s, k)
+                for k in ("group", "prompt_length", "new_tokens", "pool", "kb_rows", "batch")
+            },
+            "grid": list(s.grid),
+            "lora_rank": s.lora.rank,
+        }

@@ -51,6 +51,7 @@ class Setting:
     pool: int
     kb_rows: int
     batch: int  # queries per step, all devices
+    eval_batch: int  # queries per evaluation batch, all devices (the first-stage search's)
     temperature: float
     logit_chunk: int = 0  # completion positions per chunk of the update's log-probs (0: all)
 
@@ -99,6 +100,7 @@ def read_setting(
         pool=cfg.data.pool_size,
         kb_rows=KB_ROWS.get(cfg.data.get("benchmark", ""), 0),
         batch=cfg.train.batch_size,
+        eval_batch=cfg.eval.batch_size,
         temperature=float(cfg.policy.get("temperature", 1.0)),
         logit_chunk=int(cfg.policy.get("logit_chunk", 0)),
     )

@@ -67,17 +67,19 @@ def search_temporaries(
     mesh: Mesh, index: dict[str, jax.ShapeDtypeStruct], queries: int, k: int
 ) -> dict[str, float]:
     """What a device holds while it scans, bytes: the prepared float32 queries, one block's
-    float32 scores against them and the block's rows as the matmul reads them, the chunk
-    maxima and the gathered candidates of ``topk.exact_block_topk``, and every device's k
-    candidates (scores and ids) gathered for the merge."""
+    float32 scores against them and the block's rows as the matmul reads them (a slice of the
+    shard when it has several blocks), the chunk maxima and the gathered chunks' scores and
+    positions of ``topk.exact_block_topk``, and the merge's sort of every device's k
+    candidates (scores and ids gathered, the sort's keys and values: four ``[Q, S k]``)."""
     block = _block(mesh, index)
     vectors = index["vectors"]
     dim, itemsize = vectors.shape[1], vectors.dtype.itemsize
-    candidates = queries * k * (CHUNK + mesh.shape[DATA]) * 2 * FLOAT32
+    several_blocks = vectors.shape[0] // mesh.shape[DATA] > block
     return {
         "queries": queries * dim * FLOAT32,
         "block_scores": queries * block * FLOAT32,
-        "block_rows": block * dim * itemsize,
+        "block_rows": block * dim * itemsize if several_blocks else 0,
         "chunk_maxima": queries * (block // CHUNK) * FLOAT32,
-        "candidates": candidates,
+        "chunk_candidates": queries * min(k, block) * CHUNK * 2 * FLOAT32,
+        "merge": 4 * queries * mesh.shape[DATA] * k * FLOAT32,
     }

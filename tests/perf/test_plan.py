@@ -14,10 +14,8 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 from jaxrank import parallel
 from jaxrank.cli.main import main
 from jaxrank.configs import load_config_file
-from jaxrank.perf import memory, plan
-from jaxrank.region_r1.plan import analytic_step_peak, plan_setting, resident_on
-from jaxrank.region_r1.plan_programs import Programs
-from jaxrank.region_r1.plan_setting import read_setting
+from jaxrank.perf import memory, plan, planner
+from jaxrank.region_r1.plan import planned_setting
 
 EVQA = "configs/region_r1/evqa.py"
 TOLERANCE = 0.15  # analytic peak within 15% of XLA's, per program (docs/SCALING.md)
@@ -55,6 +53,13 @@ def test_verdict_headroom_in_gib():
     assert plan.verdict(20 * plan.GIB, "h100")["headroom_gib"] == 60.0
 
 
+def plan_setting(cfg, chips, depth=None, dtype=None, compile_programs=True):
+    """The planner's answer for ``cfg`` on its own mesh (the suite's 8 virtual devices)."""
+    mesh = parallel.mesh_from_config(cfg.mesh)
+    setting = planned_setting(cfg, mesh, depth, dtype)
+    return planner.plan_setting(setting, chips, compile_programs=compile_programs)
+
+
 @pytest.fixture(scope="module")
 def evqa_two_layers():
     """The E-VQA setting as shipped (scanned, rematerialised layers; chunked log-probs), its
@@ -72,7 +77,8 @@ def _analytic_plan(chips):
 
 def test_analytic_model_matches_xla_within_tolerance(evqa_two_layers):
     result = evqa_two_layers
-    assert result["mesh"] == {"data": 8, "model": 1} and result["per_device_batch"] == 4
+    assert result["mesh"] == {"data": 8, "model": 1}
+    assert result["stages"]["step"]["per_device_batch"] == 4
     for name, row in result["programs"].items():
         tolerance = {"judge": JUDGE_TOLERANCE, "update": UPDATE_TOLERANCE}.get(name, TOLERANCE)
         assert row["analytic_over_xla"] == pytest.approx(1.0, abs=tolerance), name
@@ -82,7 +88,8 @@ def test_analytic_model_matches_xla_within_tolerance(evqa_two_layers):
     )  # a scalar XLA drops
     # Arguments are counted exactly: the policy's base weights, float32, as XLA holds them.
     update = result["programs"]["update"]
-    assert update["analytic"]["arguments"]["policy_base"] == result["resident"]["policy_base"]
+    resident = result["stages"]["step"]["resident"]
+    assert update["analytic"]["arguments"]["policy_base"] == resident["policy_base"]
     assert update["xla"]["aliased"] > 0  # the donated train state is updated in place
 
 
@@ -91,14 +98,17 @@ def test_the_analytic_plan_compiles_nothing_and_agrees(evqa_two_layers):
     for name, row in quick["programs"].items():
         assert "xla" not in row
         assert row["analytic"] == evqa_two_layers["programs"][name]["analytic"], name
-    assert quick["step"] == {"analytic_peak": evqa_two_layers["step"]["analytic_peak"]}
+    for name, stage in quick["stages"].items():
+        assert "xla_peak" not in stage
+        assert stage["analytic_peak"] == evqa_two_layers["stages"][name]["analytic_peak"]
 
 
 def test_a_setting_that_cannot_fit_is_reported_not_crashed():
     """E-VQA at the real depth on v5e (analytic: nothing compiles)."""
     v5e = plan_setting(load_config_file(EVQA), ["v5e"], compile_programs=False)["chips"]["v5e"]
     assert not v5e["fits"] and v5e["headroom_gib"] < 0
-    assert 0 < v5e["largest_batch"] < 4  # fewer queries per chip than the config's 4 fit
+    assert not v5e["stages"]["step"]["fits"] and v5e["stages"]["retrieval"]["fits"]
+    assert 0 < v5e["stages"]["step"]["largest_batch"] < 4  # fewer than the config's 4 fit
     assert v5e["mesh"]["data"] * v5e["mesh"]["model"] == 8 and v5e["mesh"]["model"] > 1
 
 
@@ -107,13 +117,13 @@ def test_the_knowledge_base_is_split_over_the_devices(evqa_two_layers):
     rows, as the judge's compiled arguments (within the judge's tolerance) and the analytic
     model count them; the replicated layout holds all of them."""
     rows, dim = 2_000_000, 768
-    kb = evqa_two_layers["resident"]["knowledge_base"]
+    kb = evqa_two_layers["stages"]["step"]["resident"]["knowledge_base"]
     assert kb == rows * dim * 4 // 8
     assert evqa_two_layers["programs"]["judge"]["analytic"]["arguments"]["knowledge_base"] == kb
     cfg = load_config_file(EVQA)
     cfg.kb_layout = "replicated"
     replicated = plan_setting(cfg, [], depth=2, dtype="float32", compile_programs=False)
-    assert replicated["resident"]["knowledge_base"] == rows * dim * 4
+    assert replicated["stages"]["step"]["resident"]["knowledge_base"] == rows * dim * 4
 
 
 def test_plan_command_prints_the_tables_and_writes_json(tmp_path, capsys):
@@ -124,8 +134,8 @@ def test_plan_command_prints_the_tables_and_writes_json(tmp_path, capsys):
     for word in ("update", "sampler", "judge", "step", "h100", "largest batch"):
         assert word in printed
     result = json.loads(out.read_text())
-    assert set(result["programs"]) == {"update", "sampler", "judge"}
-    assert result["chips"]["h100"]["largest_batch"] >= 1
+    assert set(result["programs"]) == {"update", "sampler", "judge", "search"}
+    assert result["chips"]["h100"]["stages"]["step"]["largest_batch"] >= 1
     assert result["command"]["depth"] == 1
 
 
@@ -136,7 +146,7 @@ def test_plan_command_answers_from_the_analytic_model_alone(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "analytic peak" in printed and "XLA" not in printed
     result = json.loads(out.read_text())
-    assert result["command"]["analytic"] and "xla_peak" not in result["step"]
+    assert result["command"]["analytic"] and "xla_peak" not in result["stages"]["step"]
 
 
 def test_a_model_split_mesh_is_planned_as_the_mesh_recommendation_counts_it():
@@ -146,11 +156,10 @@ def test_a_model_split_mesh_is_planned_as_the_mesh_recommendation_counts_it():
     cfg.mesh.data, cfg.mesh.model = 4, 2
     split = plan_setting(cfg, [], depth=2, dtype="float32", compile_programs=False)
     shipped = load_config_file(EVQA)
-    mesh = parallel.mesh_from_config(shipped.mesh)
-    programs = Programs(shipped, read_setting(shipped, 2, "float32"), mesh)
-    resident = resident_on(programs, 4, 2)
-    expected = analytic_step_peak(programs, 8, resident, model=2)
-    assert split["per_device_batch"] == 8
+    setting = planned_setting(shipped, parallel.mesh_from_config(shipped.mesh), 2, "float32")
+    resident = planner.resident_bytes(setting, "step", AbstractMesh((4, 2), ("data", "model")))
+    expected = planner.analytic_stage_peak(setting, setting.stages[0], 8, resident, model=2)
+    assert split["stages"]["step"]["per_device_batch"] == 8
     # within 5 MB: the small AdamW moments' layout on 4 x 2 is read from its own compiled
-    # program, resident_on's from the 8 x 1 one (taking model as 1 overstated it by 60%)
-    assert split["step"]["analytic_peak"] == pytest.approx(expected, rel=1e-3)
+    # program, resident_bytes' from the 8 x 1 one (taking model as 1 overstated it by 60%)
+    assert split["stages"]["step"]["analytic_peak"] == pytest.approx(expected, rel=1e-3)
