@@ -102,7 +102,7 @@ def program_rows(result: dict) -> list[dict]:
 
 def chip_rows(result: dict) -> list[dict]:
     """One row per chip and stage: the verdict, the largest per-chip batch, the mesh
-    recommended for the whole setting."""
+    recommended for the whole setting, the seconds a step should take (``perf.step_time``)."""
     rows = []
     for chip, v in result["chips"].items():
         mesh = v["mesh"]
@@ -115,6 +115,7 @@ def chip_rows(result: dict) -> list[dict]:
                 "headroom GiB": s["headroom_gib"],
                 "largest batch": s["largest_batch"],
                 "mesh": f"{mesh['data']} x {mesh['model']}" if mesh else "none fits",
+                "projected step s": s["projected_step_s"],
             }
             if "xla_fits" in s:
                 row["XLA fits"] = "yes" if s["xla_fits"] else "no"

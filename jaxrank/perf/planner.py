@@ -6,7 +6,8 @@ A paper supplies a ``PlannedSetting`` (``region_r1/plan.py``, ``elva/plan.py``,
 ``rar/plan.py``). Its programs run in ``Stage``s: programs that follow one another at one batch
 (a training step, an evaluation pass). A stage's peak on a device is what stays resident
 through it plus its largest program's transient part (the program's peak less the resident
-arguments it reads); the setting fits a chip when every stage does.
+arguments it reads); the setting fits a chip when every stage does. Per chip each stage also
+gets the seconds a step should take (``step_time``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 from jax.sharding import AbstractMesh, Mesh
 
 from jaxrank import parallel
-from jaxrank.perf import plan
+from jaxrank.perf import plan, step_time
 from jaxrank.perf.memory import Estimate, tree_bytes
 
 Program = tuple[Callable, tuple[Any, ...]]  # a jitted function and its abstract arguments
@@ -210,7 +211,11 @@ def plan_setting(
         compiled = compiled_stage(setting, stage, b) if compile_programs else None
         for name in stage.programs:
             analytic = setting.estimate(name, b, model)
-            programs[name] = {"stage": stage.name, "analytic": analytic.as_dict()}
+            programs[name] = {
+                "stage": stage.name,
+                "analytic": analytic.as_dict(),
+                "matmul_flops_per_device": step_time.program_flops(setting, name, b),
+            }
             if compiled:
                 figures = compiled["programs"][name]
                 programs[name]["xla"] = figures.as_dict()
@@ -237,6 +242,16 @@ def plan_setting(
             )
             for s in setting.stages
         }
+        for s in setting.stages:
+            b = per_device(s, data)
+            seconds = {
+                name: step_time.program_seconds(
+                    setting, name, b, programs[name]["matmul_flops_per_device"], chip
+                )
+                for name in s.programs
+            }
+            per_stage[s.name]["programs_s"] = seconds
+            per_stage[s.name]["projected_step_s"] = sum(v["seconds"] for v in seconds.values())
         verdicts[chip] = {
             "memory_gib": plan.chip_memory(chip) / plan.GIB,
             "fits": all(v["fits"] for v in per_stage.values()),

@@ -55,6 +55,19 @@ MEMORY_GIB = (
 )
 
 
+# device_kind prefix -> HBM bandwidth per chip, GB/s. Same sources: v4 1200, v5e 819, v5p
+# 2765, v6e 1640; H100 SXM 3350, H200 4800, A100 80 GB 2039.
+HBM_GBPS = (
+    ("TPU v4", 1200.0),
+    ("TPU v5 lite", 819.0),
+    ("TPU v5", 2765.0),
+    ("TPU v6 lite", 1640.0),
+    ("NVIDIA H100", 3350.0),
+    ("NVIDIA H200", 4800.0),
+    ("NVIDIA A100", 2039.0),
+)
+
+
 def _lookup(table: tuple[tuple[str, float], ...], device_kind: str) -> float | None:
     for prefix, value in table:
         if device_kind.startswith(prefix):
@@ -70,6 +83,11 @@ def peak_tflops(device_kind: str) -> float | None:
 def memory_gib(device_kind: str) -> float | None:
     """The chip's memory in GiB for ``device_kind``, from ``MEMORY_GIB``."""
     return _lookup(MEMORY_GIB, device_kind)
+
+
+def hbm_gbps(device_kind: str) -> float | None:
+    """The chip's memory bandwidth in GB/s for ``device_kind``, from ``HBM_GBPS``."""
+    return _lookup(HBM_GBPS, device_kind)
 
 
 def measured_peak_tflops(size: int = 2048, dtype: DTypeLike = jnp.float32, repeats: int = 5):

@@ -38,7 +38,12 @@ from jaxrank.rar.memory_encoder import image_tower
 from jaxrank.rar.plan_setting import Setting, estimate
 from jaxrank.rar.ranker import make_scorer
 from jaxrank.rl.sampler import SamplingSettings
-from jaxrank.search.planned import index_tree, search_program, search_temporaries
+from jaxrank.search.planned import (
+    index_tree,
+    search_blocks,
+    search_program,
+    search_temporaries,
+)
 from jaxrank.train.optim import adamw_warmup_cosine
 from jaxrank.train.stage import supervised
 from jaxrank.train.step import TrainState, jit_train_step
@@ -191,6 +196,14 @@ class Programs:
 
     def program(self, name: str, b: int) -> Program:
         return getattr(self, name)(b)
+
+    decoders = ("generate",)  # its loop reads the ranker's weights once per new token
+
+    def while_trips(self, name: str) -> int:
+        """Trips of ``name``'s while loop: the answer's tokens, the search's blocks."""
+        if name == "generate":
+            return self.setting.new_tokens
+        return search_blocks(self.mesh, self.index) if name == "search" else 1
 
     def estimate(self, name: str, b: int, model: int) -> Estimate:
         """The analytic model (``plan_setting``; the search's from ``search.planned``) with

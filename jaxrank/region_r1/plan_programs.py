@@ -39,7 +39,12 @@ from jaxrank.region_r1.kb_rows import kb_layout, kb_sharding, padded_rows
 from jaxrank.region_r1.plan_setting import Setting, estimate
 from jaxrank.rl.sampler import SamplingSettings
 from jaxrank.rl.token_grpo import make_token_grpo_loss
-from jaxrank.search.planned import index_tree, search_program, search_temporaries
+from jaxrank.search.planned import (
+    index_tree,
+    search_blocks,
+    search_program,
+    search_temporaries,
+)
 from jaxrank.train.optim import adamw_warmup_cosine
 from jaxrank.train.step import TrainState, make_train_step
 from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
@@ -106,6 +111,14 @@ class Programs:
             "scorer": self.scorer,
             "knowledge_base": self.kb,
         }
+
+    decoders = ("sampler",)  # its loop reads the policy's weights once per new token
+
+    def while_trips(self, name: str) -> int:
+        """Trips of ``name``'s while loop: the sampler's new tokens, the search's blocks."""
+        if name == "sampler":
+            return self.setting.new_tokens
+        return search_blocks(self.mesh, self.index) if name == "search" else 1
 
     def resident_trees(self, name: str) -> list[Any]:
         return {

@@ -42,6 +42,11 @@ def _block(mesh: Mesh, index: dict[str, jax.ShapeDtypeStruct]) -> int:
     return plan_layout(capacity, mesh.shape[DATA], DEFAULT_BLOCK_ROWS).block
 
 
+def search_blocks(mesh: Mesh, index: dict[str, jax.ShapeDtypeStruct]) -> int:
+    """Blocks each device scans: the trips of the search's loop (``perf.step_time``)."""
+    return index["vectors"].shape[0] // mesh.shape[DATA] // _block(mesh, index)
+
+
 def search_program(
     mesh: Mesh, index: dict[str, jax.ShapeDtypeStruct], queries: int, k: int, metric: str = "ip"
 ) -> tuple[Callable, tuple[Any, ...]]:
