@@ -19,7 +19,7 @@ from jaxrank.parallel import resolve_mesh
 
 POSITIVE = ("batch_size", "log_every", "checkpoint_every", "eval_every", "num_generations")
 """Counts that must be at least 1 (an interval or a batch of 0 can never run)."""
-NON_NEGATIVE = ("steps", "warmup_steps", "num_queries", "data_threads")
+NON_NEGATIVE = ("steps", "warmup_steps", "num_queries", "data_threads", "logit_chunk")
 """Counts where 0 means "none" or "all" (a pretrained model used as is, every test query)."""
 DATA_PATH_SUFFIXES = ("root", "_dir", "_csv", "kb", "id2name")
 """Keys of the ``data`` section that name files or folders the run reads."""

@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
             # mbeir.py), and recomputes each layer's activations in the backward pass
             "scan_layers": False,
             "remat": False,
+            # the RL update's log-probs this many summary positions at a time (lm_scoring.
+            # head_log_probs): [rows, chunk, V] float32 logits live; 0 = all at once
+            "logit_chunk": 0,
         }
     )
     # "language-model": adapters on every linear of the language model, the vision tower frozen.

@@ -36,10 +36,16 @@ def get_config() -> ml_collections.ConfigDict:
             "strict": False,
         }
     )
+    # 32 chips (v5p-64, or 4 nodes of 8 x H100): a query per data shard, the weights and every
+    # activation split over 4 (Qwen2-VL-7B's 4 key/value heads); see the docstring
+    c.mesh = ml_collections.ConfigDict({"data": 8, "model": 4})
     c.embedder.checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     c.embedder.dtype = "bfloat16"
     c.embedder.scan_layers = True  # stacked layers, one compiled copy (docs/SCALING.md)
     c.embedder.remat = True  # the backward recomputes each layer's activations
+    # The RL update's log-probs 16 summary positions at a time (lm_scoring.head_log_probs):
+    # [816, 16, 152064] float32 logits live per query instead of [816, 65, 152064] (30 GiB each)
+    c.embedder.logit_chunk = 16
     c.embedder.image_size = 448
     c.embedder.summary_tokens = 64
     c.contrastive.train = "lora"

@@ -29,7 +29,7 @@ from jaxrank.models.lora import join_lora
 from jaxrank.rl.grpo import GRPOConfig, compute_advantages, reward_term_means
 from jaxrank.rl.sampler import Completions, SamplingSettings, generate
 from jaxrank.rl.token_grpo import make_token_grpo_loss
-from jaxrank.train.step import make_train_step
+from jaxrank.train.step import LossFn, make_train_step
 
 
 def ret_embeddings(
@@ -115,6 +115,34 @@ def text_prompt(model: CausalLM, batch: dict[str, Any]) -> tuple[CausalLM, Promp
     return model, Prompt.from_tokens(batch["tokens"], batch["mask"])
 
 
+def grpo_loss(
+    graphdef: nnx.GraphDef,
+    prompt_of: PromptOf,
+    temperature: float,
+    grpo: GRPOConfig,
+    logit_chunk: int = 0,
+) -> LossFn:
+    """The update's token-level GRPO loss (``token_grpo.make_token_grpo_loss``) on the
+    completions' log-probs after their prompts. ``logit_chunk`` > 0 computes them that many
+    positions at a time (``lm_scoring.head_log_probs``): [rows, chunk, V] float32 logits live
+    instead of [rows, N, V], the largest buffer of the update at M-BEIR's 816 completions."""
+
+    def log_probs(model, batch):
+        lm, prompt = prompt_of(model, batch)
+        logp, _ = completion_log_probs(
+            lm,
+            prompt,
+            batch["completion"],
+            batch["completion_mask"],
+            temperature,
+            group=grpo.num_generations,
+            logit_chunk=logit_chunk,
+        )
+        return logp
+
+    return make_token_grpo_loss(graphdef, log_probs, grpo)
+
+
 def make_step(
     graphdef: nnx.GraphDef,
     prompt_of: PromptOf,
@@ -125,13 +153,13 @@ def make_step(
     reward: ELVARewardConfig,
     optimizer: optax.GradientTransformation,
     missing_ret_reward: float = -1.0,
+    logit_chunk: int = 0,
 ):
     """One GRPO step on a LoRA-adapted policy for ``jit_train_step``: the rollout (sampling,
     [RET] embeddings, rewards) runs with the pre-update adapters, then token-level GRPO updates
     the adapters; the base weights are the step's ``frozen``. ``prompt_of(model, batch)`` gives
     the language model and the prompt rows (``text_prompt``, or a VLM's prompt with its image
-    tokens)."""
-    temperature = settings.log_prob_temperature
+    tokens). ``logit_chunk``: ``grpo_loss``'s."""
 
     def sample(adapters, batch, rng, base):
         model = nnx.view(join_lora(graphdef, adapters, base), deterministic=True)
@@ -153,20 +181,9 @@ def make_step(
         )
         return filled, metrics
 
-    def log_probs(model, batch):
-        lm, prompt = prompt_of(model, batch)
-        logp, _ = completion_log_probs(
-            lm,
-            prompt,
-            batch["completion"],
-            batch["completion_mask"],
-            temperature,
-            group=grpo.num_generations,
-        )
-        return logp
-
+    loss = grpo_loss(graphdef, prompt_of, settings.log_prob_temperature, grpo, logit_chunk)
     return make_train_step(
-        make_token_grpo_loss(graphdef, log_probs, grpo),
+        loss,
         optimizer,
         rollout=sample,
         updates_per_batch=grpo.updates_per_batch,

@@ -205,6 +205,7 @@ def rl_step(cfg, graphdef, embedder: Embedder, optimizer):
         ELVARewardConfig(**cfg.reward.to_dict()),
         optimizer,
         cfg.missing_ret_reward,
+        cfg.embedder.get("logit_chunk", 0),
     )
 
 

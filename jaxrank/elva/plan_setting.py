@@ -60,6 +60,7 @@ class Setting:
     eval_batch: int  # rows per evaluation batch, all devices
     pool_rows: int  # candidates the evaluation searches
     lora_dropout: float
+    logit_chunk: int = 0  # summary positions per chunk of the RL update's log-probs (0: all)
 
     @property
     def patches(self) -> int:
@@ -98,6 +99,7 @@ def read_setting(
         eval_batch=cfg.eval.batch_size,
         pool_rows=POOL_ROWS,
         lora_dropout=float(cfg.lora.dropout),
+        logit_chunk=int(section.get("logit_chunk", 0)),
     )
 
 
@@ -197,16 +199,32 @@ def contrastive_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, flo
     )
 
 
+def update_logits(s: Setting, rows: int) -> dict[str, float]:
+    """The GRPO update's logits over ``rows`` completions of ``summary_tokens + 1``: three
+    float32 ``[rows positions, V]`` buffers (the policy's logits kept for the backward, their
+    gradient, the log-softmax's exponentials), plus the compute-dtype matmul outputs when that
+    dtype is narrower; positions are all of them, or ``logit_chunk`` (then the head's ``[V, W]``
+    matrix transposed is carried into the chunk loop, as Region-R1's update measured on
+    XLA:CPU; counted for every backend, which overstates one that reads it in place)."""
+    e, lm, new = s.dtype.itemsize, s.embedder.lm, s.summary_tokens + 1
+    chunked = 0 < s.logit_chunk < new
+    live = rows * (s.logit_chunk if chunked else new)
+    logits = memory.logits_bytes(live, lm.vocab_size, copies=3)
+    if e < FLOAT32:
+        logits += 2 * live * lm.vocab_size * e
+    return {"logits": logits, "head_transposed": lm.vocab_size * lm.width * e if chunked else 0}
+
+
 def rl_step_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     """The RL step at ``b`` queries per device (``pool`` prompt rows each, G summaries of
     ``summary_tokens + 1`` per row). The rollout: the summaries, then their ``[RET]`` states
     (a forward over the repeated prompt cache). The GRPO update keeps each layer's input and
     the final states of the prompts and the completions, and the repeated KV caches of the
-    policy's and the reference's passes; on top the widest of the completions' float32 logits
-    (three copies), a layer's backward over the prompts or the completions, and four more
-    copies of the repeated cache (each pass's cache with the completions' keys written in, and
-    the backward's cotangents of the policy's two; XLA:CPU's live set at full depth holds six
-    caches, at two layers the logits lead)."""
+    policy's and the reference's passes (and, chunked, the head transposed); on top the widest
+    of the completions' logits (``update_logits``), a layer's backward over the prompts or the
+    completions, and four more copies of the repeated cache (each pass's cache with the
+    completions' keys written in, and the backward's cotangents of the policy's two; XLA:CPU's
+    live set at full depth holds six caches, at two layers the unchunked logits lead)."""
     lm, e = s.embedder.lm, s.dtype.itemsize
     prompts, new = b * s.pool, s.summary_tokens + 1
     rows, slots = prompts * s.group, s.prompt_length + new
@@ -224,9 +242,12 @@ def rl_step_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
         backward_layer_bytes(layer, t, t * slots * lm.heads, e)
         for t in (prompt_tokens, completion_tokens)
     )
+    logits = update_logits(s, rows)
+    if logits["head_transposed"]:
+        kept["head_transposed"] = logits["head_transposed"]
     update = {
         "decoder_layer_backward": (backward + layer_weight_bytes(s)) / model,
-        "logits": memory.logits_bytes(completion_tokens, lm.vocab_size, copies=3),
+        "logits": logits["logits"],
         "kv_cache_copies": 4 * _kv(s, rows, slots) / model,
     }
     widest = max(update, key=update.get)

@@ -3,11 +3,14 @@ XLA:CPU keeps every buffer at the program's dtype), on the suite's 8 virtual CPU
 stage's programs compiled once at the config's batch through ``perf.planner``, the analytic
 model against XLA's figures per program, and terms worked by hand."""
 
+import dataclasses
+
 import pytest
 
 from jaxrank import parallel
 from jaxrank.configs import load_config_file
 from jaxrank.elva.plan import planned_setting
+from jaxrank.elva.plan_setting import update_logits
 from jaxrank.perf import planner
 
 MBEIR = "configs/elva/mbeir.py"
@@ -22,6 +25,8 @@ VOCAB, WIDTH, HEADS, KV_HEADS, HEAD_DIM = 152064, 3584, 28, 4, 128  # Qwen2-VL-7
 def planned():
     cfg = load_config_file(MBEIR)
     assert cfg.embedder.scan_layers and cfg.embedder.remat
+    assert cfg.embedder.logit_chunk == 16 and dict(cfg.mesh) == {"data": 8, "model": 4}
+    cfg.mesh.model = 1  # the suite's 8 devices: the config's 8 data shards, weights whole
     setting = planned_setting(cfg, parallel.mesh_from_config(cfg.mesh), depth=2, dtype="float32")
     return setting, planner.plan_setting(setting, [])
 
@@ -50,12 +55,18 @@ def test_analytic_model_matches_xla_within_tolerance(planned):
 
 
 def test_rl_step_logits_by_hand(planned):
-    """The RL step's peak is the GRPO update's float32 logits over every completion: 1 query
-    per device x 102 pool rows x G 8 = 816 completions of 64 summary tokens + [RET], three
-    [816 x 65, 152064] buffers (the live-range dump shows three of 32,261,898,240 bytes)."""
+    """The GRPO update's float32 logits: 1 query per device x 102 pool rows x G 8 = 816
+    completions of 64 summary tokens + [RET], 16 positions at a time (``logit_chunk``): three
+    [816 x 16, 152064] buffers instead of three [816 x 65, 152064] (32,261,898,240 bytes each
+    in the unchunked program's live-range dump), and the head transposed for the chunk loop."""
     setting, _ = planned
+    assert update_logits(setting.setting, 816) == {
+        "logits": 3 * 816 * 16 * VOCAB * 4,
+        "head_transposed": VOCAB * WIDTH * 4,
+    }
+    unchunked = dataclasses.replace(setting.setting, logit_chunk=0)
+    assert update_logits(unchunked, 816)["logits"] == 3 * 32_261_898_240
     terms = setting.estimate("rl_step", 1, 1).temporaries
-    assert terms["logits"] == 3 * 816 * 65 * VOCAB * 4 == 3 * 32_261_898_240
     # the repeated KV caches of the policy's and the reference's passes: 2 layers, 577 slots
     assert terms["kv_caches"] == 2 * (2 * 2 * 816 * KV_HEADS * HEAD_DIM * 577 * 4)
 
