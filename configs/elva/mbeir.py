@@ -12,6 +12,22 @@ local pools with UniIR's Recall@K (R@5; R@10 for Fashion200K and FashionIQ).
 Not given by the paper, chosen here: the contrastive stage's length and batch, InfoNCE's tau,
 the summary cap (64 tokens) and the rollouts' temperature. M-BEIR has no reference summaries,
 so the summaries' NLL is off (``summary_weight`` 0): the checkpoint already writes them.
+
+Planned for 32 chips (v5p-64, or 4 nodes of 8 x H100): ``mesh.model`` 4 (Qwen2-VL-7B's 4
+key/value heads) and the rest ``data``, 8 x 4, so a chip holds one RL query (its 102 pool rows
+x G 8 = 816 completions), 32 contrastive pairs and 8 evaluation rows. Every stage fits v5p and
+H100, analytic GiB a chip in bf16: contrastive 27.2, RL step 69.5 (H100: 10.5 spare, v5p:
+25.5), evaluation 15.1 (the model reads 0.93 of XLA's RL step at these per-chip shapes,
+float32, real depth: tests/elva/test_plan.py).
+
+    jaxrank plan --config configs/elva/mbeir.py --analytic --chips 32 --chip v5p --chip h100
+
+The RL step is the binding stage: its update holds the prompts' KV cache repeated G-fold
+(six copies of 25.1 GiB over 4 devices) and the residual stream whole on each device of the
+model axis; its logits are 16 positions at a time (``embedder.logit_chunk``), else they alone
+(three float32 [816 x 65, 152064] buffers, 90 GiB) keep it off every chip. 8 chips (8 x 1:
+188 GiB) and 16 (8 x 2: 106) do not fit; v4, v6e and v5e fit no mesh of the RL step at one
+query per data shard (docs/SCALING.md).
 """
 
 from pathlib import Path
@@ -36,9 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
             "strict": False,
         }
     )
-    # 32 chips (v5p-64, or 4 nodes of 8 x H100): a query per data shard, the weights and every
-    # activation split over 4 (Qwen2-VL-7B's 4 key/value heads); see the docstring
-    c.mesh = ml_collections.ConfigDict({"data": 8, "model": 4})
+    # Planned on 32 chips (v5p-64, or 4 nodes of 8 x H100): 8 data shards, a query each, the
+    # weights, MLP, heads and KV caches split over 4 (Qwen2-VL-7B's 4 key/value heads)
+    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 4})
     c.embedder.checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     c.embedder.dtype = "bfloat16"
     c.embedder.scan_layers = True  # stacked layers, one compiled copy (docs/SCALING.md)

@@ -131,7 +131,7 @@ def test_the_recipe_runs_on_the_fixture(tmp_path):
         "contrastive.train=all", "contrastive.steps=2", "contrastive.batch_size=4",
         "contrastive.log_every=1", "lora.rank=4", "mining.n_hard=1", "mining.n_random=1",
         "mining.threshold=1.5", "rl.num_generations=2", "train.steps=2", "train.batch_size=2",
-        "train.log_every=1", "train.eval_every=2", "eval.batch_size=8",
+        "train.log_every=1", "train.eval_every=2", "eval.batch_size=8", "mesh.model=1",
     ]  # fmt: skip
     command = [
         sys.executable, "-m", "jaxrank.cli.main", "train", "--config", str(CONFIG),
