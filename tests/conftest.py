@@ -10,6 +10,6 @@ _LIBTPU = os.path.join(os.path.dirname(__file__), "..", ".venv", "libtpu", "libt
 if os.path.isfile(_LIBTPU):
     os.environ.setdefault("TPU_LIBRARY_PATH", os.path.abspath(_LIBTPU))
 
-import jax
+import jax  # noqa: E402  (the environment above must be set before JAX starts)
 
 jax.config.update("jax_num_cpu_devices", 8)

@@ -30,10 +30,11 @@ from jaxrank.elva.ret_embedder import RetEmbedderBase, make_embed
 from jaxrank.models.lora import LoRAConfig, apply_lora, split_lora
 from jaxrank.models.vlm import VisionLanguageModel
 from jaxrank.perf.plan import abstract, rows
-from jaxrank.search.planned import index_tree, search_program
+from jaxrank.search.planned import index_tree, search_blocks, search_program
 from jaxrank.train.optim import adamw_warmup_cosine
-from jaxrank.train.step import TrainState, jit_train_step
+from jaxrank.train.step import abstract_train_state, jit_train_step
 from jaxrank.vlm.finetune import language_model_linears
+from jaxrank.vlm.programs import abstract_prompts
 
 Program = tuple[Callable, tuple[Any, ...]]
 RET_ID, PAD = 151657, 151643  # [RET] in Qwen2-VL's spare rows, <|endoftext|>: types matter only
@@ -73,31 +74,17 @@ class Programs:
             "contrastive": adamw_warmup_cosine(cfg.contrastive),
             "rl_step": adamw_warmup_cosine(cfg.train),
         }
-        self.states = {k: self._train_state(o) for k, o in self.optimizers.items()}
+        self.states = {
+            k: abstract_train_state(self.adapters, o, mesh) for k, o in self.optimizers.items()
+        }
         self.index = index_tree(mesh, s.pool_rows, s.dim, jnp.float32)
         self.base = recipe_base(s.grid)
 
-    def _train_state(self, optimizer) -> TrainState:
-        """The abstract train state on the shardings ``TrainState.create`` gives the adapters'
-        AdamW moments (read from its compiled program)."""
-        create = jax.jit(lambda params: TrainState.create(params, optimizer, 0))
-        with jax.set_mesh(self.mesh):
-            shardings = create.lower(self.adapters).compile().output_shardings
-        return jax.tree.map(
-            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            jax.eval_shape(create, self.adapters),
-            shardings,
-        )
-
     def prompts(self, n: int) -> dict[str, jax.ShapeDtypeStruct]:
         """``n`` prompt rows (all devices), as ``Embedder.batch`` places them."""
-        s, length = self.setting, self.setting.prompt_length
-        return {
-            "tokens": rows(self.mesh, (n, length), jnp.int32),
-            "mask": rows(self.mesh, (n, length), jnp.bool_),
-            "positions": rows(self.mesh, (n, 3, length), jnp.int32),
-            "patches": rows(self.mesh, (n, s.patches, s.embedder.vision.patch_dim), jnp.float32),
-        }
+        s = self.setting
+        vision = s.embedder.vision
+        return abstract_prompts(self.mesh, n, s.prompt_length, s.patches, vision.patch_dim)
 
     def contrastive(self, b: int) -> Program:
         """``b`` query-positive pairs per device (2b prompt rows, interleaved)."""
@@ -137,3 +124,12 @@ class Programs:
 
     def program(self, name: str, b: int) -> Program:
         return getattr(self, name)(b)
+
+    # their loops write summaries, reading the embedder's weights once per token
+    decoders = ("contrastive", "rl_step", "embed")
+
+    def while_trips(self, name: str) -> int:
+        """Trips of ``name``'s while loop: a summary's tokens, the search's blocks."""
+        if name in self.decoders:
+            return self.setting.summary_tokens
+        return search_blocks(self.mesh, self.index) if name == "search" else 1

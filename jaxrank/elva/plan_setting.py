@@ -31,12 +31,12 @@ import ml_collections
 
 from jaxrank.elva.ret_embedder import SUMMARY_REQUEST
 from jaxrank.models.hf.published import at_depth, vlm_preset
-from jaxrank.models.hf.qwen_vl_processor import smart_resize
 from jaxrank.models.layer_stack import stacking_of, with_stacking
 from jaxrank.models.vlm import VLMConfig
 from jaxrank.perf import memory
 from jaxrank.perf.memory import FLOAT32, Layer
 from jaxrank.vlm.base import VLMBase
+from jaxrank.vlm.programs import square_grid
 
 # M-BEIR's global candidate pool (the union of the 16 tasks' pools, UniIR's
 # ``mbeir_union_test_cand_pool.jsonl``): 5.6M candidates (DATA_FORMATS.md §3). The paper
@@ -87,10 +87,7 @@ def read_setting(
     embedder = with_stacking(vlm_preset(section.checkpoint), stacking_of(section))
     if depth is not None:
         embedder = at_depth(embedder, depth)
-    side = section.image_size
-    height, width = smart_resize(side, side)
-    patch = embedder.vision.patch_size
-    grid = (1, height // patch, width // patch)
+    grid = square_grid(section.image_size, embedder.vision)
     needed = math.prod(grid) // embedder.vision.spatial_merge_size**2 + TEXT_TOKENS
     return Setting(
         embedder=embedder,
@@ -111,16 +108,6 @@ def read_setting(
 
 MLP_BACKWARD, WIDTH_BACKWARD = 12, 9  # [tokens, F] and [tokens, W] buffers (module docstring)
 MLP_FORWARD = {True: 5, False: 3}  # [tokens, F] buffers of a forward layer, gated or plain
-
-
-def _decoder(s: Setting) -> Layer:
-    lm = s.embedder.lm
-    return Layer(lm.width, lm.heads * lm.dim_per_head, lm.mlp_dim, lm.heads, gated=True)
-
-
-def _vision(s: Setting) -> Layer:
-    v = s.embedder.vision
-    return Layer(v.width, v.width, v.mlp_dim, v.heads, gated=v.variant == "qwen2_5_vl")
 
 
 def layer_weight_bytes(s: Setting) -> int:
@@ -159,7 +146,12 @@ def _vision_phase(s: Setting, images: int) -> float:
     """The frozen vision tower's widest layer over ``images`` images (every block attends over
     a whole image in Qwen2-VL)."""
     v, n = s.embedder.vision, s.patches
-    return forward_layer_bytes(_vision(s), images * n, images * n * n * v.heads, s.dtype.itemsize)
+    return forward_layer_bytes(
+        memory.vision_layer(s.embedder.vision),
+        images * n,
+        images * n * n * v.heads,
+        s.dtype.itemsize,
+    )
 
 
 def _summaries(s: Setting, prompts: int, group: int, new: int) -> float:
@@ -169,7 +161,9 @@ def _summaries(s: Setting, prompts: int, group: int, new: int) -> float:
     lm, e = s.embedder.lm, s.dtype.itemsize
     slots = s.prompt_length + new
     tokens = prompts * s.prompt_length
-    prefill = forward_layer_bytes(_decoder(s), tokens, tokens * slots * lm.heads, e)
+    prefill = forward_layer_bytes(
+        memory.decoder_layer(s.embedder.lm), tokens, tokens * slots * lm.heads, e
+    )
     rows = prompts * group
     kv = _kv(s, prompts + (rows if group > 1 else 0), slots)
     return kv + prefill + memory.logits_bytes(rows, lm.vocab_size, copies=3)
@@ -191,7 +185,9 @@ def contrastive_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, flo
     slots = s.prompt_length + length
     tokens = rows * slots
     kept = {"decoder_layer_inputs": 2 * lm.depth * tokens * lm.width * e}
-    backward = backward_layer_bytes(_decoder(s), tokens, tokens * slots * lm.heads, e, model)
+    backward = backward_layer_bytes(
+        memory.decoder_layer(s.embedder.lm), tokens, tokens * slots * lm.heads, e, model
+    )
     update = {
         "decoder_layer_backward": backward + layer_weight_bytes(s) / model,
         "logits": memory.logits_bytes(rows * length, lm.vocab_size, copies=3),
@@ -236,7 +232,7 @@ def rl_step_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     prompts, new = b * s.pool, s.summary_tokens + 1
     rows, slots = prompts * s.group, s.prompt_length + new
     prompt_tokens, completion_tokens = prompts * s.prompt_length, rows * new
-    layer = _decoder(s)
+    layer = memory.decoder_layer(s.embedder.lm)
     kept = {
         "decoder_layer_inputs": (lm.depth + 1) * (prompt_tokens + completion_tokens) * lm.width * e,
         "kv_caches": 2 * _kv(s, rows, slots) / model,
@@ -273,7 +269,9 @@ def embed_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     lm, e = s.embedder.lm, s.dtype.itemsize
     slots = s.prompt_length + s.summary_tokens + 1
     tokens = b * slots
-    full = forward_layer_bytes(_decoder(s), tokens, tokens * slots * lm.heads, e)
+    full = forward_layer_bytes(
+        memory.decoder_layer(s.embedder.lm), tokens, tokens * slots * lm.heads, e
+    )
     return _larger(
         {
             "summaries": {"summaries": _summaries(s, b, 1, s.summary_tokens) / model},

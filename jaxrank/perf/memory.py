@@ -69,6 +69,33 @@ class Layer:
         return 2 * self.width + (2 if self.gated else 1) * self.mlp
 
 
+def decoder_layer(lm: Any) -> Layer:
+    """A Qwen2 decoder layer's shape (``models.qwen2.Qwen2Config``: gated MLP)."""
+    return Layer(lm.width, lm.heads * lm.dim_per_head, lm.mlp_dim, lm.heads, gated=True)
+
+
+def vision_layer(vision: Any) -> Layer:
+    """A Qwen2-VL / Qwen2.5-VL vision block's shape (the latter's MLP is gated)."""
+    gated = vision.variant == "qwen2_5_vl"
+    return Layer(vision.width, vision.width, vision.mlp_dim, vision.heads, gated=gated)
+
+
+def vision_triples(vision: Any, patches: int, images: int) -> list[float]:
+    """(query, key, head) triples of each vision block over ``images`` images of ``patches``
+    patches: a whole image in full-attention blocks, one window's patches in the others
+    (Qwen2.5-VL's windowed blocks)."""
+    n = patches
+    if vision.window_size is None:
+        window, full = n, set(range(vision.depth))
+    else:
+        window = (vision.window_units * vision.spatial_merge_size) ** 2
+        full = set(vision.fullatt_block_indexes)
+    return [
+        images * n * (n if i in full else min(window, n)) * vision.heads
+        for i in range(vision.depth)
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """A program's bytes per device, by named term: ``arguments`` (exact), ``temporaries``

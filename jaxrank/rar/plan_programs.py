@@ -46,9 +46,9 @@ from jaxrank.search.planned import (
 )
 from jaxrank.train.optim import adamw_warmup_cosine
 from jaxrank.train.stage import supervised
-from jaxrank.train.step import TrainState, jit_train_step
+from jaxrank.train.step import abstract_train_state, jit_train_step
 from jaxrank.vlm.finetune import answer_nll_loss, with_adapters
-from jaxrank.vlm.programs import make_sampler
+from jaxrank.vlm.programs import abstract_prompts, make_sampler
 
 EOS, PAD = 151645, 151643  # Qwen's <|im_end|> and <|endoftext|>; only their type matters here
 # Steps of the fine-tuning's schedule: the paper's ~30K ranking examples (PAPERS.md §3) at the
@@ -95,24 +95,11 @@ class Programs:
         section = cfg.finetune.copy_and_resolve_references()
         section.steps = -(-FINETUNE_EXAMPLES // s.finetune_batch)
         self.optimizer = adamw_warmup_cosine(section)
-        self.state = self._train_state()
+        self.state = abstract_train_state(self.adapters, self.optimizer, mesh)
         self.index = index_tree(mesh, s.memory_rows, s.encoder.embed_dim, s.index_dtype)
         self.stages = (
             Stage("finetune", ("update",), s.finetune_batch),
             Stage("evaluation", ("embed", "search", "generate", "score"), s.eval_batch),
-        )
-
-    def _train_state(self) -> TrainState:
-        """The abstract train state on the shardings ``TrainState.create`` gives the adapters'
-        AdamW moments (read from its compiled program, as ``train.stage.Stage`` creates it)."""
-        create = jax.jit(lambda params: TrainState.create(params, self.optimizer, 0))
-        with jax.set_mesh(self.mesh):
-            shardings = create.lower(self.adapters).compile().output_shardings
-        shapes = jax.eval_shape(create, self.adapters)
-        return jax.tree.map(
-            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            shapes,
-            shardings,
         )
 
     def trees(self) -> dict[str, Any]:
@@ -142,15 +129,12 @@ class Programs:
         return [trees[tree] for tree in READS[name]]
 
     def prompts(self, b: int) -> dict[str, jax.ShapeDtypeStruct]:
-        """One batch of ranking prompts (``RankerBase.prompts``), ``b`` rows per data shard."""
-        s, n = self.setting, self.data * b
-        length = s.prompt_length
-        return {
-            "tokens": rows(self.mesh, (n, length), jnp.int32),
-            "mask": rows(self.mesh, (n, length), jnp.bool_),
-            "positions": rows(self.mesh, (n, 3, length), jnp.int32),
-            "patches": rows(self.mesh, (n, s.patches, s.ranker.vision.patch_dim), jnp.float32),
-        }
+        """One prompt batch, ``b`` rows per data shard."""
+        s = self.setting
+        vision = s.ranker.vision
+        return abstract_prompts(
+            self.mesh, self.data * b, s.prompt_length, s.patches, vision.patch_dim
+        )
 
     def update(self, b: int) -> Program:
         s, n = self.setting, self.data * b

@@ -13,7 +13,6 @@ import ml_collections
 
 from jaxrank.models.dual_encoder import DualEncoderConfig
 from jaxrank.models.hf.published import at_depth, dual_encoder_preset, vlm_preset
-from jaxrank.models.hf.qwen_vl_processor import smart_resize
 from jaxrank.models.layer_stack import stacking_of, with_stacking
 from jaxrank.models.lora import LoRAConfig
 from jaxrank.models.vlm import VLMConfig
@@ -23,6 +22,7 @@ from jaxrank.rar.ranking_text import PROMPTS
 from jaxrank.rar.recipe import k_for
 from jaxrank.search.index import QUERY_BUCKETS
 from jaxrank.vlm.base import VLMBase
+from jaxrank.vlm.programs import square_grid
 
 # The largest memory of the paper's few-shot settings: ImageNet's 1000 classes at 16 shots
 # (PAPERS.md §3: 11 datasets at 1/2/4/8/16 shots; ImageNet has the most classes).
@@ -77,10 +77,7 @@ def read_setting(
     encoder = dual_encoder_preset(cfg.memory.encoder, cfg.memory.dtype, cfg.memory.dtype)
     if depth is not None:
         ranker, encoder = at_depth(ranker, depth), at_depth(encoder, depth)
-    side = cfg.ranker.image_size
-    height, width = smart_resize(side, side)
-    patch = ranker.vision.patch_size
-    grid = (1, height // patch, width // patch)
+    grid = square_grid(cfg.ranker.image_size, ranker.vision)
     k = max(k_for(cfg, shots) for shots in cfg.eval.shots)
     styles = (cfg.ranker.get("train_prompt", "generic"), cfg.ranker.get("eval_prompt", "generic"))
     needed = math.prod(grid) // ranker.vision.spatial_merge_size**2 + text_tokens(k, styles)
@@ -125,37 +122,24 @@ VISION_ATTENTION_BACKWARD = 3 * memory.FLOAT32 + 1
 HEAP_PACKING = 1.23
 
 
-def _decoder_layer(s: Setting) -> Layer:
-    lm = s.ranker.lm
-    return Layer(lm.width, lm.heads * lm.dim_per_head, lm.mlp_dim, lm.heads, gated=True)
-
-
-def _vision_layer(s: Setting) -> Layer:
-    v = s.ranker.vision
-    return Layer(v.width, v.width, v.mlp_dim, v.heads, gated=v.variant == "qwen2_5_vl")
-
-
-def _vision_triples(s: Setting, images: int) -> list[float]:
-    """(query, key, head) triples of each vision block over ``images`` images: a whole image
-    in full-attention blocks, one window's tokens in the others (Qwen2.5-VL)."""
-    v, n = s.ranker.vision, s.patches
-    window = n if v.window_size is None else (v.window_units * v.spatial_merge_size) ** 2
-    full = set(v.fullatt_block_indexes) if v.window_size is not None else set(range(v.depth))
-    return [images * n * (n if i in full else min(window, n)) * v.heads for i in range(v.depth)]
-
-
 def _widest_forward_layer(s: Setting, b: int, prompt_tokens: int, slots: int) -> float:
     """The widest layer of a forward pass over ``b`` queries: a prefill layer over the prompts
     or a vision block over the device's images (``memory.live_layer_bytes``)."""
     e, lm = s.dtype.itemsize, s.ranker.lm
     scanned = lm.stacking.scan
     prefill = memory.live_layer_bytes(
-        _decoder_layer(s), prompt_tokens, prompt_tokens * slots * lm.heads, e, scanned
+        memory.decoder_layer(s.ranker.lm),
+        prompt_tokens,
+        prompt_tokens * slots * lm.heads,
+        e,
+        scanned,
     )
     vision_scanned = s.ranker.vision.stacking.scan
     vision = max(
-        memory.live_layer_bytes(_vision_layer(s), b * s.patches, t, e, vision_scanned)
-        for t in _vision_triples(s, b)
+        memory.live_layer_bytes(
+            memory.vision_layer(s.ranker.vision), b * s.patches, t, e, vision_scanned
+        )
+        for t in memory.vision_triples(s.ranker.vision, s.patches, b)
     )
     return max(prefill, vision)
 
@@ -193,7 +177,9 @@ def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
             decoder * e + 2 * triples * memory.FLOAT32 + 2 * lm.width * lm.mlp_dim * e
         )
         / model,
-        "vision_layer_backward": max(_vision_triples(s, b)) * VISION_ATTENTION_BACKWARD / model,
+        "vision_layer_backward": max(memory.vision_triples(s.ranker.vision, s.patches, b))
+        * VISION_ATTENTION_BACKWARD
+        / model,
         "logits": memory.logits_bytes(b * s.new_tokens, lm.vocab_size, copies=2),
     }
     widest = max(phases, key=phases.get)

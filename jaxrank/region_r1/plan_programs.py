@@ -46,8 +46,8 @@ from jaxrank.search.planned import (
     search_temporaries,
 )
 from jaxrank.train.optim import adamw_warmup_cosine
-from jaxrank.train.step import TrainState, make_train_step
-from jaxrank.vlm.programs import completion_log_probs_fn, make_sampler
+from jaxrank.train.step import abstract_train_state, make_train_step
+from jaxrank.vlm.programs import abstract_prompts, completion_log_probs_fn, make_sampler
 
 EOS, PAD = 151645, 151643  # Qwen's <|im_end|> and <|endoftext|>; only their type matters here
 
@@ -74,7 +74,7 @@ class Programs:
         self.graphdef = graphdef
         self.adapters, self.base = abstract(adapters, mesh), abstract(base, mesh)
         self.optimizer = adamw_warmup_cosine(cfg.train)
-        self.state = self._train_state()
+        self.state = abstract_train_state(self.adapters, self.optimizer, mesh)
         scorer_graphdef, scorer_params = nnx.split(scorer, nnx.Param)
         self.scorer_graphdef, self.scorer = scorer_graphdef, abstract(scorer_params, mesh)
         layout = kb_layout(cfg)
@@ -84,19 +84,6 @@ class Programs:
         self.stages = (
             Stage("step", ("update", "sampler", "judge"), s.batch),
             Stage("retrieval", ("search",), s.eval_batch),
-        )
-
-    def _train_state(self) -> TrainState:
-        """The abstract train state on the shardings ``TrainState.create`` gives the adapters'
-        AdamW moments (read from its compiled program)."""
-        create = jax.jit(lambda params: TrainState.create(params, self.optimizer, 0))
-        with jax.set_mesh(self.mesh):
-            shardings = create.lower(self.adapters).compile().output_shardings
-        shapes = jax.eval_shape(create, self.adapters)
-        return jax.tree.map(
-            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            shapes,
-            shardings,
         )
 
     def resident(self, stage: str) -> dict[str, Any]:
@@ -129,14 +116,12 @@ class Programs:
         }[name]
 
     def prompts(self, b: int) -> dict[str, jax.ShapeDtypeStruct]:
-        s, n = self.setting, self.data * b
-        length = s.prompt_length
-        return {
-            "tokens": rows(self.mesh, (n, length), jnp.int32),
-            "mask": rows(self.mesh, (n, length), jnp.bool_),
-            "positions": rows(self.mesh, (n, 3, length), jnp.int32),
-            "patches": rows(self.mesh, (n, s.patches, s.policy.vision.patch_dim), jnp.float32),
-        }
+        """One prompt batch, ``b`` rows per data shard."""
+        s = self.setting
+        vision = s.policy.vision
+        return abstract_prompts(
+            self.mesh, self.data * b, s.prompt_length, s.patches, vision.patch_dim
+        )
 
     def update(self, b: int) -> Program:
         s = self.setting

@@ -18,7 +18,6 @@ import ml_collections
 
 from jaxrank.models.dual_encoder import DualEncoderConfig
 from jaxrank.models.hf.published import at_depth, dual_encoder_preset, vlm_preset
-from jaxrank.models.hf.qwen_vl_processor import smart_resize
 from jaxrank.models.layer_stack import stacking_of, with_stacking
 from jaxrank.models.lora import LoRAConfig
 from jaxrank.models.vlm import VLMConfig
@@ -26,6 +25,7 @@ from jaxrank.perf import memory
 from jaxrank.perf.memory import Estimate, Layer
 from jaxrank.region_r1 import crop_tool
 from jaxrank.vlm.base import VLMBase
+from jaxrank.vlm.programs import square_grid
 
 # Knowledge-base pages (DATA_FORMATS.md §1: E-VQA's about 2M, EchoSight's InfoSeek 100K).
 KB_ROWS = {"evqa": 2_000_000, "infoseek": 100_000}
@@ -77,10 +77,7 @@ def read_setting(
     scorer = with_stacking(scorer, stacking_of(cfg, "scorer_"))
     if depth is not None:
         policy, scorer = at_depth(policy, depth), at_depth(scorer, depth)
-    side = cfg.policy.image_size
-    height, width = smart_resize(side, side)
-    patch = policy.vision.patch_size
-    grid = (1, height // patch, width // patch)
+    grid = square_grid(cfg.policy.image_size, policy.vision)
     image_tokens = math.prod(grid) // policy.vision.spatial_merge_size**2
     needed = image_tokens + TEXT_TOKENS
     lora = cfg.lora.to_dict()
@@ -104,25 +101,6 @@ def read_setting(
         temperature=float(cfg.policy.get("temperature", 1.0)),
         logit_chunk=int(cfg.policy.get("logit_chunk", 0)),
     )
-
-
-def _decoder_layer(s: Setting) -> Layer:
-    lm = s.policy.lm
-    return Layer(lm.width, lm.heads * lm.dim_per_head, lm.mlp_dim, lm.heads, gated=True)
-
-
-def _vision_layer(s: Setting) -> Layer:
-    v = s.policy.vision
-    return Layer(v.width, v.width, v.mlp_dim, v.heads, gated=v.variant == "qwen2_5_vl")
-
-
-def _vision_triples(s: Setting, images: int) -> list[float]:
-    """(query, key, head) triples of each vision block over ``images`` images: a whole image
-    in full-attention blocks, one window's tokens in the others."""
-    v, n = s.policy.vision, s.patches
-    window = n if v.window_size is None else (v.window_units * v.spatial_merge_size) ** 2
-    full = set(v.fullatt_block_indexes) if v.window_size is not None else set(range(v.depth))
-    return [images * n * (n if i in full else min(window, n)) * v.heads for i in range(v.depth)]
 
 
 def _scorer_layer(s: Setting) -> tuple[Layer, int]:
@@ -181,13 +159,13 @@ def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     rows = b * s.group
     tokens = b * s.prompt_length + rows * s.new_tokens
     triples = tokens * s.slots * lm.heads
-    decoder = _decoder_layer(s)
+    decoder = memory.decoder_layer(s.policy.lm)
     saved = [memory.saved_activation_bytes(decoder, tokens, triples, e)] * lm.depth
     running = memory.running_layer_bytes(decoder, tokens, triples, e)
     kept, phases = _stack_terms("decoder", saved, running, tokens * lm.width * e, lm.stacking.remat)
-    vision = _vision_layer(s)
+    vision = memory.vision_layer(s.policy.vision)
     images_tokens = b * s.patches
-    triples_by_layer = _vision_triples(s, b)
+    triples_by_layer = memory.vision_triples(s.policy.vision, s.patches, b)
     vision_saved = [
         memory.saved_activation_bytes(vision, images_tokens, t, e) for t in triples_by_layer
     ]
@@ -220,12 +198,18 @@ def sampler_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     rows = b * s.group
     prompt_tokens = b * s.prompt_length
     prefill = memory.live_layer_bytes(
-        _decoder_layer(s), prompt_tokens, prompt_tokens * s.slots * lm.heads, e, lm.stacking.scan
+        memory.decoder_layer(s.policy.lm),
+        prompt_tokens,
+        prompt_tokens * s.slots * lm.heads,
+        e,
+        lm.stacking.scan,
     )
     images, scanned = b, s.policy.vision.stacking.scan
     vision = max(
-        memory.live_layer_bytes(_vision_layer(s), images * s.patches, t, e, scanned)
-        for t in _vision_triples(s, images)
+        memory.live_layer_bytes(
+            memory.vision_layer(s.policy.vision), images * s.patches, t, e, scanned
+        )
+        for t in memory.vision_triples(s.policy.vision, s.patches, images)
     )
     return {
         "kv_cache": _kv(s, rows + b) / model,

@@ -107,3 +107,19 @@ def jit_train_step(step: Callable, state: TrainState) -> Callable:
     returned on the shardings it came with."""
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, None))
+
+
+def abstract_train_state(
+    params: Any, optimizer: optax.GradientTransformation, mesh: Any
+) -> TrainState:
+    """The train state of abstract ``params`` as ``jax.ShapeDtypeStruct``s on the shardings
+    ``TrainState.create`` gives its optimizer moments under ``mesh`` (read from its compiled
+    program: nothing is allocated), for a planner to compile steps against."""
+    create = jax.jit(lambda p: TrainState.create(p, optimizer, 0))
+    with jax.set_mesh(mesh):
+        shardings = create.lower(params).compile().output_shardings
+    return jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        jax.eval_shape(create, params),
+        shardings,
+    )

@@ -15,17 +15,41 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 from jax.typing import DTypeLike
 
+from jaxrank.models.hf.qwen_vl_processor import smart_resize
 from jaxrank.models.lm_prompt import Prompt
 from jaxrank.models.lm_scoring import completion_log_probs
 from jaxrank.models.lora import join_lora
 from jaxrank.models.qwen_vision import Grid
 from jaxrank.models.vlm import VisionLanguageModel
+from jaxrank.perf import plan
 from jaxrank.rl.sampler import Completions, Noise, SamplingSettings, generate
 
 PROMPT_KEYS = ("tokens", "mask", "positions", "patches")
+
+
+def square_grid(side: int, vision: Any) -> Grid:
+    """The patch grid of a ``side`` x ``side`` image as the Qwen-VL processor resizes it
+    (``smart_resize``), for a vision tower config ``vision``."""
+    height, width = smart_resize(side, side)
+    return (1, height // vision.patch_size, width // vision.patch_size)
+
+
+def abstract_prompts(
+    mesh: Mesh, rows: int, length: int, patches: int, patch_dim: int
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """A prompt batch of ``rows`` rows (all data shards) as abstract arrays split by rows over
+    ``data``: what a planner compiles these programs against."""
+    return {
+        "tokens": plan.rows(mesh, (rows, length), jnp.int32),
+        "mask": plan.rows(mesh, (rows, length), jnp.bool_),
+        "positions": plan.rows(mesh, (rows, 3, length), jnp.int32),
+        "patches": plan.rows(mesh, (rows, patches, patch_dim), jnp.float32),
+    }
 
 
 def vlm_prompt(model: VisionLanguageModel, batch: dict[str, Any], grid: Grid) -> Prompt:
