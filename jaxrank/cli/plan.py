@@ -128,6 +128,12 @@ def _print(result: dict, config: str) -> None:
     print(f"{config} on {result['devices']}, mesh {result['mesh']}")
     print("  " + "; ".join(f"{k} {v}" for k, v in result["setting"].items()))
     print(report.table(program_rows(result), list(program_rows(result)[0])))
+    for name, row in result["programs"].items():
+        if row.get("xla", {}).get("refusal"):
+            print(
+                f"{name}: the compiler refused it (its XLA peak is a lower bound): "
+                f"{row['xla']['refusal']}"
+            )
     if result["chips"]:
         print(report.table(chip_rows(result), list(chip_rows(result)[0])))
 

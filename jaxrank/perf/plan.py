@@ -12,6 +12,7 @@ topology's devices (``tpu_target``) get XLA's TPU compiler as a real run would.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrank.parallel import batch_sharding
+from jaxrank.perf.memory import tree_bytes
 from jaxrank.perf.throughput import memory_gib
 
 GIB = 2**30
@@ -44,6 +46,7 @@ class Compiled:
     temporaries: int
     flops: float
     compile_s: float
+    refusal: str = ""  # the compiler's out-of-memory message, when it refused the program
 
     @property
     def peak(self) -> int:
@@ -55,13 +58,45 @@ class Compiled:
         return {**dataclasses.asdict(self), "peak": self.peak}
 
 
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# XLA:TPU's refusals: "... required for HLO temporaries (24.00G) exceeds available HBM ..."
+# or "Used 20.51G of 15.48G hbm. Exceeded hbm capacity by 5.03G."
+_TEMPORARIES = re.compile(r"temporaries \(([\d.]+)([KMGT]?)\)")
+_USED = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+
+
+def _gib(number: str, unit: str) -> int:
+    return int(float(number) * _UNITS[unit])
+
+
+def refused(error: Exception, arguments: int, seconds: float, capacity: float) -> Compiled:
+    """A program the compiler would not build because it exceeds the chip's ``capacity``
+    bytes (XLA:TPU refuses those), with the bytes its message says were needed (the
+    temporaries beside the arguments, or the total it used), or else just over ``capacity``:
+    its peak is a lower bound that does not fit."""
+    message = str(error).splitlines()[0]
+    temporaries = int(capacity) + 1 - arguments
+    if found := _TEMPORARIES.search(message):
+        temporaries = max(temporaries, _gib(*found.groups()))
+    elif found := _USED.search(message):
+        temporaries = max(temporaries, _gib(*found.groups()[:2]) - arguments)
+    return Compiled(arguments, 0, 0, temporaries, 0.0, seconds, refusal=message)
+
+
 def compile_program(fn: Callable, args: Sequence[Any], mesh: Mesh) -> Compiled:
     """Lower and compile jitted ``fn`` on abstract ``args`` under ``mesh``; XLA's figures and
-    the seconds it took (tracing, lowering and compiling)."""
+    the seconds it took (tracing, lowering and compiling). A program the compiler refuses for
+    want of memory comes back ``refused``, not raised: that is an answer."""
     options = FAST_COMPILE if mesh.devices.flat[0].platform == "cpu" else {}
     started = time.perf_counter()
-    with jax.set_mesh(mesh):
-        compiled = fn.lower(*args).compile(compiler_options=options)
+    try:
+        with jax.set_mesh(mesh):
+            compiled = fn.lower(*args).compile(compiler_options=options)
+    except jax.errors.JaxRuntimeError as error:
+        if not str(error).startswith("RESOURCE_EXHAUSTED"):
+            raise
+        capacity = (memory_gib(mesh.devices.flat[0].device_kind) or 0) * GIB
+        return refused(error, tree_bytes(args), time.perf_counter() - started, capacity)
     seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()

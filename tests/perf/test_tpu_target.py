@@ -5,6 +5,7 @@ where XLA:CPU widens them), and ``jaxrank plan --compiler tpu`` without libtpu."
 
 import jax
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrank.cli.main import main
 from jaxrank.perf import plan, tpu_target
@@ -58,3 +59,27 @@ def test_tpu_compiler_without_libtpu_is_one_error_line(monkeypatch, capsys):
     assert main([*argv, "--chip", "v5e", "--depth", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jaxrank: error:") and "libtpu" in err[0]
+
+
+@needs_libtpu
+def test_a_program_over_the_chips_memory_is_refused_and_reported():
+    """XLA:TPU will not build a program that exceeds the chip's HBM (here a replicated
+    24 GiB argument on a 16 GiB v5e); the planner reports it as not fitting, with the bytes
+    the compiler says it needed, instead of crashing."""
+    mesh = tpu_target.tpu_mesh("v5e", 8, 1)
+    everywhere = NamedSharding(mesh, PartitionSpec())
+    x = jax.ShapeDtypeStruct((6 * 2**30,), jax.numpy.float32, sharding=everywhere)
+    compiled = plan.compile_program(jax.jit(lambda x: (2 * x).sum()), (x,), mesh)
+    assert compiled.refusal.startswith("RESOURCE_EXHAUSTED")
+    assert compiled.peak > plan.chip_memory("v5e")
+
+
+def test_a_refusal_message_is_read_for_its_bytes():
+    error = RuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used "
+        "20.50G of 15.48G hbm. Exceeded hbm capacity by 5.02G."
+    )
+    compiled = plan.refused(error, arguments=2**30, seconds=1.0, capacity=15.48 * 2**30)
+    assert compiled.peak == int(20.50 * 2**30)
+    unknown = plan.refused(RuntimeError("RESOURCE_EXHAUSTED: no figures"), 2**30, 1.0, 16 * 2**30)
+    assert unknown.peak == 16 * 2**30 + 1  # just over the chip: does not fit
