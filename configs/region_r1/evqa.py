@@ -16,13 +16,14 @@ the default is OpenAI's CLIP ViT-L/14 at 336 px). `scripts/reproduce.sh region_r
 what is missing. The synthetic CPU demonstration is configs/region_r1/mllm_synthetic.py.
 
 Where it fits (`jaxrank plan --config configs/region_r1/evqa.py --analytic`; docs/SCALING.md):
-at the real depth the analytic model puts the step at 18.5 GiB a device with 4 queries per
-device, so it fits 8 chips of TPU v4 or v6e (a v4-16 or v6e-8 slice, 32 GiB: 13.5 GiB to
+at the real depth the analytic model puts the step at 20.1 GiB a device with 4 queries per
+device, so it fits 8 chips of TPU v4 or v6e (a v4-16 or v6e-8 slice, 32 GiB: 11.9 GiB to
 spare), v5p or H100. On v5e (16 GiB) 9.4 GiB stay resident (the policy's weights 7.0, the
-scorer 1.6, the knowledge base, split over the chips by kb_layout, 0.7): the model puts the
-paper's 32 queries on 8 chips as a 4 x 2 mesh (--config.mesh.data=4 --config.mesh.model=2)
-at 14.6 GiB and 1 query per chip at 12.1, but it undercounts XLA's update by about 2.9 GB at
-2 layers, so no v5e setting is promised. XLA's compiled programs check the model at 2 layers.
+scorer 1.6, the knowledge base, split over the chips by kb_layout, 0.7): the paper's 32
+queries on 8 chips need a 2 x 4 mesh (--config.mesh.data=2 --config.mesh.model=4: 15.0 GiB;
+4 x 2 is 16.4), or 1 query per chip (12.6). The model's update is 0.93 of XLA's compiled one
+at the real depth in float32 (1.02 at 2 layers), so 1.0 GiB to spare on v5e is a margin a
+compiled plan or a chip must confirm.
 """
 
 from pathlib import Path

@@ -8,11 +8,9 @@ vision tower is frozen, so the update keeps none of its activations.
 
 XLA:CPU holds more of a scanned layer than ``perf/memory.py``'s generic terms count (its live
 set at the peak, ``XLA_FLAGS=--xla_dump_to``'s live-range dump, float32, two layers): the
-backward of a decoder layer with LoRA on every linear holds 12 ``[tokens, F]`` buffers (the
-recomputed gate and up projections and their adapters' products, the SiLU's parts, the
-product, and their gradients) and 9 ``[tokens, W]`` ones, beside the scores and their masked
-copy and the layer's weights sliced out of the stack; a forward layer holds 5 ``[tokens, F]``
-(gate, up, the SiLU's two parts, the product; 3 for a plain MLP). The model counts those.
+backward of a decoder layer with LoRA on every linear is ``memory.lora_decoder_backward_bytes``
+(measured here without dropout, and in RAR's update with it); a forward layer holds 5
+``[tokens, F]`` (gate, up, the SiLU's two parts, the product; 3 for a plain MLP).
 
 A ``model`` axis splits the weights, the MLP's hidden buffers, the heads' scores and the KV
 caches; the residual stream (each layer's kept input, a layer's ``[tokens, W]`` buffers) is
@@ -106,15 +104,7 @@ def read_setting(
     )
 
 
-MLP_BACKWARD, WIDTH_BACKWARD = 12, 9  # [tokens, F] and [tokens, W] buffers (module docstring)
 MLP_FORWARD = {True: 5, False: 3}  # [tokens, F] buffers of a forward layer, gated or plain
-
-
-def layer_weight_bytes(s: Setting) -> int:
-    """One decoder layer's weights (q, k, v, o and the three MLP matrices)."""
-    lm = s.embedder.lm
-    attention = 2 * lm.width * lm.dim_per_head * (lm.heads + lm.kv_heads)
-    return (attention + 3 * lm.width * lm.mlp_dim) * s.dtype.itemsize
 
 
 def forward_layer_bytes(layer: Layer, tokens: float, triples: float, itemsize: int) -> float:
@@ -124,15 +114,11 @@ def forward_layer_bytes(layer: Layer, tokens: float, triples: float, itemsize: i
     return max(memory.live_layer_bytes(layer, tokens, triples, itemsize, scanned=True), mlp)
 
 
-def backward_layer_bytes(
-    layer: Layer, tokens: float, triples: float, itemsize: int, model: int = 1
-) -> float:
-    """One rematerialised decoder layer's backward on XLA:CPU (module docstring), its MLP and
-    heads split over ``model``; the ``[tokens, W]`` buffers are the residual stream's, whole on
-    every device of the ``model`` axis."""
-    buffers = MLP_BACKWARD * layer.mlp / model + WIDTH_BACKWARD * layer.width
-    scores = memory.attention_bytes(triples, itemsize) + triples * FLOAT32
-    return tokens * buffers * itemsize + scores / model
+def backward_layer_bytes(s: Setting, tokens: float, slots: int, model: int = 1) -> float:
+    """One rematerialised decoder layer's backward over ``tokens`` tokens attending to
+    ``slots`` slots (``memory.lora_decoder_backward_bytes``, the config's LoRA dropout)."""
+    lm, dropout = s.embedder.lm, s.lora_dropout > 0
+    return memory.lora_decoder_backward_bytes(lm, tokens, slots, s.dtype.itemsize, dropout, model)
 
 
 def _kv(s: Setting, rows: int, slots: int) -> float:
@@ -185,11 +171,8 @@ def contrastive_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, flo
     slots = s.prompt_length + length
     tokens = rows * slots
     kept = {"decoder_layer_inputs": 2 * lm.depth * tokens * lm.width * e}
-    backward = backward_layer_bytes(
-        memory.decoder_layer(s.embedder.lm), tokens, tokens * slots * lm.heads, e, model
-    )
     update = {
-        "decoder_layer_backward": backward + layer_weight_bytes(s) / model,
+        "decoder_layer_backward": backward_layer_bytes(s, tokens, slots, model),
         "logits": memory.logits_bytes(rows * length, lm.vocab_size, copies=3),
     }
     widest = max(update, key=update.get)
@@ -238,14 +221,13 @@ def rl_step_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
         "kv_caches": 2 * _kv(s, rows, slots) / model,
     }
     backward = max(
-        backward_layer_bytes(layer, t, t * slots * lm.heads, e, model)
-        for t in (prompt_tokens, completion_tokens)
+        backward_layer_bytes(s, t, slots, model) for t in (prompt_tokens, completion_tokens)
     )
     logits = update_logits(s, rows)
     if logits["head_transposed"]:
         kept["head_transposed"] = logits["head_transposed"]
     update = {
-        "decoder_layer_backward": backward + layer_weight_bytes(s) / model,
+        "decoder_layer_backward": backward,
         "logits": logits["logits"],
         "kv_cache_copies": 4 * _kv(s, rows, slots) / model,
     }

@@ -104,16 +104,11 @@ def read_setting(
 
 # ---- the analytic model ----------------------------------------------------------------------
 # Counted from XLA's live ranges of the compiled update (2 layers, float32): a rematerialised
-# LoRA decoder layer (dropout on every adapted input) holds, while its MLP's backward runs, 13
-# [tokens, MLP] buffers (the recomputed gate, up, activation, product and its dropped-out copy,
-# two transposes for the adapters' gradients, and six gradients: the down matrix's base and
-# adapter paths, the dropout applied, their sum, the gate's and the up's) and 7 [tokens, width]
-# ones; the vision merger, which is not rematerialised, keeps 7 [merged tokens, 4 x width]
-# buffers (its input, hidden activation, their dropped-out copies and dropout words) for the
-# backward; a scanned vision layer's attention backward holds 3 float32 (query, key, head)
-# buffers and a boolean one.
-MLP_BACKWARD_BUFFERS = 13
-WIDTH_BACKWARD_BUFFERS = 7
+# LoRA decoder layer's backward is ``memory.lora_decoder_backward_bytes`` (its 13 [tokens, MLP]
+# buffers with dropout were counted here); the vision merger, which is not rematerialised, keeps
+# 7 [merged tokens, 4 x width] buffers (its input, hidden activation, their dropped-out copies
+# and dropout words) for the backward; a scanned vision layer's attention backward holds 3
+# float32 (query, key, head) buffers and a boolean one.
 MERGER_BUFFERS = 7
 VISION_ATTENTION_BACKWARD = 3 * memory.FLOAT32 + 1
 # XLA:CPU packs the update's buffers into a heap 1.23x its largest live set (measured: 1.23 at
@@ -152,14 +147,13 @@ def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     vision), the merger's activations and, in scanned towers with LoRA dropout, the dropout's
     threefry words XLA hoists out of the layer loop (two 32-bit words per element of the widest
     inputs, the same in every layer). On top, the largest phase: the decoder layer's backward
-    (``MLP_BACKWARD_BUFFERS``; its float32 scores and their gradient; the frozen gate and up
-    matrices transposed), a vision layer's attention backward, or the logits (two float32
+    (``memory.lora_decoder_backward_bytes``), a vision layer's attention backward, or the
+    logits (two float32
     ``[b N, V]`` buffers: the log-softmax and its gradient). Plus XLA:CPU's heap packing
     (``HEAP_PACKING``)."""
     e, lm, v = s.dtype.itemsize, s.ranker.lm, s.ranker.vision
     slots = s.prompt_length + s.new_tokens
     tokens = b * slots
-    triples = tokens * slots * lm.heads
     image_tokens = b * s.patches
     kept = {
         "decoder_layer_inputs": lm.depth * tokens * lm.width * e,
@@ -171,12 +165,10 @@ def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
             kept["decoder_dropout_bits"] = 2 * 4 * tokens * (lm.mlp_dim + lm.width)
         if v.stacking.scan:
             kept["vision_dropout_bits"] = 2 * 4 * image_tokens * (v.mlp_dim + v.width)
-    decoder = tokens * (MLP_BACKWARD_BUFFERS * lm.mlp_dim + WIDTH_BACKWARD_BUFFERS * lm.width)
     phases = {
-        "decoder_layer_backward": (
-            decoder * e + 2 * triples * memory.FLOAT32 + 2 * lm.width * lm.mlp_dim * e
-        )
-        / model,
+        "decoder_layer_backward": memory.lora_decoder_backward_bytes(
+            lm, tokens, slots, e, s.lora.dropout > 0, model
+        ),
         "vision_layer_backward": max(memory.vision_triples(s.ranker.vision, s.patches, b))
         * VISION_ATTENTION_BACKWARD
         / model,

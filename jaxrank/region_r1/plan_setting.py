@@ -153,7 +153,9 @@ def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     float32 and boolean; the counters of the LoRA dropout's threefry bits, two 32-bit words per
     element of the widest inputs, the same in every layer). On top, the largest of the phases
     that follow one another: the logits (``_update_logits``) and, per rematerialised tower, one
-    layer running (``memory.running_layer_bytes``).
+    layer running: a decoder layer's backward over the prompts or over the completions, two
+    passes (``memory.lora_decoder_backward_bytes``), a vision block's saved activations or
+    attention (``memory.running_layer_bytes``).
     ``model`` > 1 divides the head- and MLP-split terms, not the replicated vocabulary."""
     e, lm, v = s.dtype.itemsize, s.policy.lm, s.policy.vision
     rows = b * s.group
@@ -161,7 +163,10 @@ def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     triples = tokens * s.slots * lm.heads
     decoder = memory.decoder_layer(s.policy.lm)
     saved = [memory.saved_activation_bytes(decoder, tokens, triples, e)] * lm.depth
-    running = memory.running_layer_bytes(decoder, tokens, triples, e)
+    running = max(
+        memory.lora_decoder_backward_bytes(lm, t, s.slots, e, s.lora.dropout > 0, model)
+        for t in (b * s.prompt_length, rows * s.new_tokens)
+    )
     kept, phases = _stack_terms("decoder", saved, running, tokens * lm.width * e, lm.stacking.remat)
     vision = memory.vision_layer(s.policy.vision)
     images_tokens = b * s.patches
@@ -184,7 +189,10 @@ def update_temporaries(s: Setting, b: int, model: int = 1) -> dict[str, float]:
     logits, transposed = _update_logits(s, rows)
     if transposed:
         kept["head_transposed"] = transposed
-    phases = {k: value / model for k, value in {**phases, **vision_phases}.items()}
+    phases = {
+        **phases,
+        **{k: value / model for k, value in vision_phases.items()},
+    }
     phases["logits"] = logits
     widest = max(phases, key=phases.get)
     return {**kept, widest: phases[widest]}

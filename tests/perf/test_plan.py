@@ -23,10 +23,9 @@ TOLERANCE = 0.15  # analytic peak within 15% of XLA's, per program (docs/SCALING
 # YNNPACK fusions hold no [crops, heads, 577, 577] scores, which the model counts for an
 # accelerator): 0.48 GB over at 2 layers, 1.30x once the knowledge base is sharded.
 JUDGE_TOLERANCE = 0.35
-# The update's peak came from a full-attention vision block over the global batch until the
-# tower split its images over ``data``; without it XLA's peak is the decoder's live set, which
-# the model undercounts by 2.9 GB at 2 layers (0.76x; not yet isolated, docs/SCALING.md).
-UPDATE_TOLERANCE = 0.25
+# The update, whose peak is the decoder's live set, is held to TOLERANCE since its running
+# layer is ``memory.lora_decoder_backward_bytes`` (measured 1.02x at 2 layers, 0.93x at real
+# depth, float32; 0.76x and 0.84x with the generic saved-activation term).
 
 
 def test_largest_batch_by_hand():
@@ -80,7 +79,7 @@ def test_analytic_model_matches_xla_within_tolerance(evqa_two_layers):
     assert result["mesh"] == {"data": 8, "model": 1}
     assert result["stages"]["step"]["per_device_batch"] == 4
     for name, row in result["programs"].items():
-        tolerance = {"judge": JUDGE_TOLERANCE, "update": UPDATE_TOLERANCE}.get(name, TOLERANCE)
+        tolerance = JUDGE_TOLERANCE if name == "judge" else TOLERANCE
         assert row["analytic_over_xla"] == pytest.approx(1.0, abs=tolerance), name
     judge = result["programs"]["judge"]
     assert sum(judge["analytic"]["arguments"].values()) == pytest.approx(
