@@ -21,9 +21,10 @@ device, so it fits 8 chips of TPU v4 or v6e (a v4-16 or v6e-8 slice, 32 GiB: 11.
 spare), v5p or H100. On v5e (16 GiB) 9.4 GiB stay resident (the policy's weights 7.0, the
 scorer 1.6, the knowledge base, split over the chips by kb_layout, 0.7): the paper's 32
 queries on 8 chips need a 2 x 4 mesh (--config.mesh.data=2 --config.mesh.model=4: 15.0 GiB;
-4 x 2 is 16.4), or 1 query per chip (12.6). The model's update is 0.93 of XLA's compiled one
-at the real depth in float32 (1.02 at 2 layers), so 1.0 GiB to spare on v5e is a margin a
-compiled plan or a chip must confirm.
+4 x 2 is 16.4), or 1 query per chip (12.6). XLA's TPU compiler, run ahead of time for a
+v5e-8 slice (`jaxrank plan ... --compiler tpu --chip v5e`), confirms it: the step as shipped
+needs 18.7 GiB a chip, and 2 queries a chip (--config.train.batch_size=16, or the paper's 32
+on a v5e-16) need 15.05 GiB, which fits.
 """
 
 from pathlib import Path
