@@ -166,9 +166,11 @@ def _stage_verdict(
     analytic_peak: float,
     compiled_peak: float | None,
     judge_by_xla: bool,
+    confirmed: dict[tuple[str, int], float],
 ) -> dict[str, Any]:
     """``stage``'s verdict on ``chip``: from the analytic model, or from the compiled peak
-    when ``judge_by_xla`` (then the largest batch is the compiled programs' too)."""
+    when ``judge_by_xla`` (then the largest batch is the compiled programs' too).
+    ``confirmed`` keeps the stage's compiled peak by batch across chips that share one."""
     capacity = plan.chip_memory(chip)
     model = setting.mesh.shape[parallel.MODEL]
     resident = resident_bytes(setting, stage.name)
@@ -186,7 +188,10 @@ def _stage_verdict(
             setting, stage, {b: compiled_peak}, max(largest, 1), capacity
         )
     else:
-        at = compiled_stage(setting, stage, largest)["peak"] if largest else 0.0
+        key = (stage.name, largest)
+        if largest and key not in confirmed:
+            confirmed[key] = compiled_stage(setting, stage, largest)["peak"]
+        at = confirmed.get(key, 0.0)
     row["xla_peak_at_largest_gib"] = at / plan.GIB
     return row
 
@@ -229,7 +234,7 @@ def plan_setting(
         }
         if compiled:
             stages[stage.name]["xla_peak"] = compiled["peak"]
-    verdicts = {}
+    verdicts, confirmed = {}, {}
     for chip in chips:
         per_stage = {
             s.name: _stage_verdict(
@@ -239,6 +244,7 @@ def plan_setting(
                 stages[s.name]["analytic_peak"],
                 stages[s.name].get("xla_peak"),
                 judge_by_xla,
+                confirmed,
             )
             for s in setting.stages
         }
